@@ -1,0 +1,3 @@
+"""flwr-tempered: poisoning-resistant decentralized federated learning on Flower."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,60 @@
+"""Byzantine-robust aggregation rules as pure tensor math.
+
+Every rule follows the contract of :class:`~flwr_tempered.aggregators.base.Rule`::
+
+    rule = get_rule("trimmed_mean", b=1)
+    new_model = rule(own, received, weights=None, round=t)
+
+See :mod:`flwr_tempered.aggregators.base` for the non-finite input policy.
+"""
+
+from .averaging import Gossip, Mean
+from .balance import Balance
+from .base import (
+    Rule,
+    available_rules,
+    get_rule,
+    register_rule,
+    resolve_rule,
+    rule_class,
+    rule_parameters,
+)
+from .clipping import CenteredClipping, ClippedGossip, clip_rows
+from .composition import Bucketing, NearestNeighborMixing
+from .fltrust import FLTrust
+from .geometric_median import GeometricMedian, smoothed_weiszfeld
+from .krum import Bulyan, Krum, MultiKrum, krum_scores, multi_krum_select, pairwise_sq_distances
+from .mozi import Mozi
+from .order_statistics import Median, TrimmedMean, coordinate_median, coordinate_trimmed_mean
+
+__all__ = [
+    "Balance",
+    "Bucketing",
+    "Bulyan",
+    "CenteredClipping",
+    "ClippedGossip",
+    "FLTrust",
+    "GeometricMedian",
+    "Gossip",
+    "Krum",
+    "Mean",
+    "Median",
+    "Mozi",
+    "MultiKrum",
+    "NearestNeighborMixing",
+    "Rule",
+    "TrimmedMean",
+    "available_rules",
+    "clip_rows",
+    "coordinate_median",
+    "coordinate_trimmed_mean",
+    "get_rule",
+    "krum_scores",
+    "multi_krum_select",
+    "pairwise_sq_distances",
+    "register_rule",
+    "resolve_rule",
+    "rule_class",
+    "rule_parameters",
+    "smoothed_weiszfeld",
+]

@@ -1,0 +1,50 @@
+"""Plain averaging rules: the non-robust baselines every robust rule is compared with."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Rule, register_rule
+
+
+def stack_with_own(own: Tensor, received: Tensor) -> Tensor:
+    """All inputs of a decentralized rule as one ``Tensor[k+1, d]``, own first."""
+    return torch.cat([own.unsqueeze(0), received], dim=0)
+
+
+@register_rule("mean")
+class Mean(Rule):
+    """Average of own and the received vectors; with ``weights``, the weighted average
+    (normalised over the inputs that survived the non-finite filter), i.e. FedAvg."""
+
+    uses_weights = True
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        inputs = stack_with_own(own, received)
+        if weights is None:
+            return inputs.mean(dim=0)
+        total = weights.sum()
+        if float(total) <= 0.0:
+            return own.clone()
+        return (weights / total) @ inputs
+
+
+@register_rule("gossip")
+class Gossip(Rule):
+    """Plain gossip averaging ``x_i <- sum_j W_ij x_j`` over self and neighbours.
+
+    Written as ``x_i + sum_{j in N(i)} W_ij (x_j - x_i)`` so that the weight of a neighbour
+    whose vector was rejected stays on the node itself.
+    """
+
+    uses_weights = True
+    requires_weights = True
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        assert weights is not None  # guaranteed by requires_weights
+        return own + weights[1:] @ (received - own)

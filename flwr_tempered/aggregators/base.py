@@ -1,0 +1,281 @@
+"""The aggregation-rule contract shared by every robust rule, and the name registry.
+
+A rule aggregates a node's own model vector with the vectors it received from its
+neighbours (decentralized use) or the clients' models with the current global model as
+``own`` (server-assisted use). Every rule in this package follows one calling convention::
+
+    rule(own, received, weights=None, *, round=0) -> Tensor[d]
+
+``own`` is ``Tensor[d]``, ``received`` is ``Tensor[k, d]`` with ``k >= 1`` and ``weights``
+is ``Tensor[k+1]`` (``weights[0]`` is own's mixing weight, ``weights[1:]`` the received
+ones) or ``None`` for the rule's default.
+
+Non-finite policy
+-----------------
+A received row that holds a NaN or an infinity never reaches the arithmetic: it is removed
+before the rule runs and counted in ``stats["rejected_nonfinite"]``. Its mixing weight is
+not redistributed among the other neighbours; weight-based rules (gossip, ClippedGossip)
+leave it on the node itself, exactly as if that neighbour had stayed silent. Each rejected
+row is a proven-faulty input, so rules with a Byzantine budget (``b`` or ``f``) lower that
+budget by one per rejected row; the remaining inputs then always satisfy the rule's
+preconditions. When every received row is rejected, the rule returns a copy of ``own``.
+A non-finite ``own`` is the caller's bug and raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+#: Relative tolerance when checking that mixing weights sum to one.
+WEIGHT_SUM_TOLERANCE = 1e-4
+
+
+class Rule(ABC):
+    """Base class of all aggregation rules.
+
+    Subclasses validate their hyper-parameters in ``__init__`` (raising ``ValueError`` that
+    names the offending value) and implement :meth:`_aggregate` on inputs that are already
+    checked and free of non-finite rows. ``stats`` reports what the last call did so that
+    runtimes can log it as metrics (counts are floats so they fit a Flower ``MetricRecord``).
+    """
+
+    #: Registry name, set by :func:`register_rule`.
+    name: ClassVar[str] = ""
+    #: Whether the rule reads ``weights``; rules that do not ignore them.
+    uses_weights: ClassVar[bool] = False
+    #: Whether the rule refuses to run without explicit ``weights``.
+    requires_weights: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.stats: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- API
+    def __call__(
+        self,
+        own: Tensor,
+        received: Tensor,
+        weights: Tensor | None = None,
+        *,
+        round: int = 0,  # noqa: A002 - the contract's name, mirrors the papers' t
+    ) -> Tensor:
+        """Aggregate ``own`` with ``received`` and return the new ``Tensor[d]``."""
+        own, received, weights = _validate_inputs(
+            own, received, weights, rule_name=self.name, requires_weights=self.requires_weights
+        )
+        if round < 0:
+            raise ValueError(f"{self.name}: round must be >= 0, got {round}")
+        self.check_input_count(received.shape[0])
+        finite = torch.isfinite(received).all(dim=1)
+        rejected = int(received.shape[0] - int(finite.sum()))
+        if rejected:
+            received = received[finite]
+            if weights is not None:
+                weights = torch.cat([weights[:1], weights[1:][finite]])
+        self.stats = {
+            "received": float(finite.shape[0]),
+            "rejected_nonfinite": float(rejected),
+        }
+        if received.shape[0] == 0:
+            return own.clone()
+        result = self._aggregate(own, received, weights, round=round, rejected=rejected)
+        return result.to(device=own.device, dtype=own.dtype)
+
+    def check_input_count(self, k: int) -> None:
+        """Raise ``ValueError`` if the rule cannot run on ``k`` received vectors.
+
+        Called with the number of received vectors before non-finite rows are removed, so
+        a misconfigured rule fails the same way whatever the neighbours send.
+        """
+
+    def reset(self) -> None:
+        """Forget any state kept between calls (stateful rules override this)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State kept between calls, so a runtime can persist it (e.g. in node state)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def config(self) -> dict[str, Any]:
+        """The rule's name and hyper-parameters, for logs and run configs."""
+        params = {
+            key: getattr(self, key)
+            for key in inspect.signature(type(self).__init__).parameters
+            if key != "self" and hasattr(self, key)
+        }
+        shown = {k: (v.config() if isinstance(v, Rule) else v) for k, v in params.items()}
+        return {"name": self.name, **{k: v for k, v in shown.items() if not callable(v)}}
+
+    def __repr__(self) -> str:
+        cfg = self.config()
+        args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+    # ---------------------------------------------------------------------- subclasses
+    @abstractmethod
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        """Aggregate validated, finite inputs; ``rejected`` rows were already removed."""
+
+
+def _validate_inputs(
+    own: Tensor,
+    received: Tensor,
+    weights: Tensor | None,
+    *,
+    rule_name: str,
+    requires_weights: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Check shapes, dtypes and devices of a rule's inputs; raise ``ValueError`` if wrong."""
+    if not isinstance(own, Tensor) or not isinstance(received, Tensor):
+        raise ValueError(
+            f"{rule_name}: own and received must be torch tensors, got "
+            f"{type(own).__name__} and {type(received).__name__}"
+        )
+    if own.dim() != 1:
+        raise ValueError(f"{rule_name}: own must be a vector Tensor[d], got shape {tuple(own.shape)}")
+    if received.dim() != 2:
+        raise ValueError(
+            f"{rule_name}: received must be a matrix Tensor[k, d], got shape {tuple(received.shape)}"
+        )
+    k, d = received.shape
+    if k == 0:
+        raise ValueError(f"{rule_name}: received is empty (k = 0); a rule needs k >= 1 inputs")
+    if d != own.shape[0]:
+        raise ValueError(
+            f"{rule_name}: dimension mismatch: own has d = {own.shape[0]}, received has d = {d}"
+        )
+    if not own.is_floating_point():
+        raise ValueError(f"{rule_name}: own must be floating point, got {own.dtype}")
+    if received.device != own.device:
+        raise ValueError(
+            f"{rule_name}: own is on {own.device} but received is on {received.device}"
+        )
+    if not torch.isfinite(own).all():
+        raise ValueError(f"{rule_name}: own holds non-finite values (NaN or Inf)")
+    if received.dtype != own.dtype:
+        received = received.to(own.dtype)
+    if weights is None:
+        if requires_weights:
+            raise ValueError(f"{rule_name}: this rule needs mixing weights (Tensor[k+1]), got None")
+        return own, received, None
+    if not isinstance(weights, Tensor):
+        weights = torch.as_tensor(weights)
+    weights = weights.to(device=own.device, dtype=own.dtype)
+    if weights.shape != (k + 1,):
+        raise ValueError(
+            f"{rule_name}: weights must have shape (k+1,) = ({k + 1},), got {tuple(weights.shape)}"
+        )
+    if not torch.isfinite(weights).all() or bool((weights < 0).any()):
+        raise ValueError(
+            f"{rule_name}: weights must be finite and non-negative, got {weights.tolist()}"
+        )
+    total = float(weights.sum())
+    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+        raise ValueError(f"{rule_name}: weights must sum to 1, got sum {total:.6g}")
+    return own, received, weights
+
+
+def check_positive(rule_name: str, param: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value > 0`` (and finite)."""
+    if not (isinstance(value, int | float) and value > 0 and value != float("inf")):
+        raise ValueError(f"{rule_name}: {param} must be a finite number > 0, got {value!r}")
+
+
+def check_int_at_least(rule_name: str, param: str, value: int, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{rule_name}: {param} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_fraction(rule_name: str, param: str, value: float, *, open_low: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` lies in [0, 1] (or (0, 1] if ``open_low``)."""
+    low_ok = value > 0 if open_low else value >= 0
+    if not (isinstance(value, int | float) and low_ok and value <= 1):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"{rule_name}: {param} must lie in {interval}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- registry
+_RULES: dict[str, type[Rule]] = {}
+
+RuleT = TypeVar("RuleT", bound=type[Rule])
+
+
+def register_rule(name: str) -> Callable[[RuleT], RuleT]:
+    """Class decorator that makes a rule available to :func:`get_rule` under ``name``."""
+
+    def decorate(cls: RuleT) -> RuleT:
+        if name in _RULES:
+            raise ValueError(f"rule name {name!r} is already registered by {_RULES[name]}")
+        cls.name = name
+        _RULES[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_rules() -> list[str]:
+    """Names accepted by :func:`get_rule`, sorted."""
+    return sorted(_RULES)
+
+
+def rule_class(name: str) -> type[Rule]:
+    """The class registered under ``name``; ``ValueError`` listing the valid names if none."""
+    try:
+        return _RULES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown rule {name!r}; available rules: {', '.join(available_rules())}"
+        ) from None
+
+
+def rule_parameters(name: str) -> dict[str, Any]:
+    """The constructor parameters of rule ``name`` with their defaults (``inspect.Parameter.empty``
+    when required)."""
+    signature = inspect.signature(rule_class(name).__init__)
+    return {p.name: p.default for p in signature.parameters.values() if p.name != "self"}
+
+
+def get_rule(name: str, **params: Any) -> Rule:
+    """Build the rule registered as ``name`` with hyper-parameters ``params``.
+
+    A misspelt name or parameter raises ``ValueError`` listing the valid ones; a missing
+    required parameter names itself. Wrapper rules (``nnm``, ``bucketing``) accept ``inner``
+    as a rule, a rule name, or a mapping ``{"name": ..., **params}``.
+    """
+    cls = rule_class(name)
+    accepted = rule_parameters(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"rule {name!r} has no parameter(s) {', '.join(unknown)}; "
+            f"its parameters: {', '.join(accepted) or '(none)'}"
+        )
+    missing = [p for p, default in accepted.items() if default is inspect.Parameter.empty
+               and p not in params]
+    if missing:
+        raise ValueError(f"rule {name!r} needs parameter(s): {', '.join(missing)}")
+    return cls(**params)
+
+
+def resolve_rule(spec: Rule | str | Mapping[str, Any]) -> Rule:
+    """Turn a rule, a rule name, or ``{"name": ..., **params}`` into a rule object."""
+    if isinstance(spec, Rule):
+        return spec
+    if isinstance(spec, str):
+        return get_rule(spec)
+    if isinstance(spec, Mapping):
+        params = dict(spec)
+        if "name" not in params:
+            raise ValueError(f"a rule mapping needs a 'name' key, got keys {sorted(params)}")
+        return get_rule(str(params.pop("name")), **params)
+    raise ValueError(f"cannot build a rule from {spec!r}")

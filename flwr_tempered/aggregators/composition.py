@@ -1,0 +1,116 @@
+"""Pre-aggregation wrappers that improve any inner rule: NNM and bucketing.
+
+NNM: Y. Allouah, S. Farhadkhani, R. Guerraoui, N. Gupta, R. Pinot, J. Stephan, "Fixing by
+mixing: a recipe for optimal Byzantine ML under heterogeneity", AISTATS 2023.
+Bucketing: S. P. Karimireddy, L. He, M. Jaggi, "Byzantine-robust learning on heterogeneous
+datasets via bucketing", ICLR 2022.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .averaging import stack_with_own
+from .base import Rule, check_int_at_least, register_rule, resolve_rule
+from .krum import pairwise_sq_distances
+
+RuleSpec = Rule | str | Mapping[str, Any]
+
+
+def _run_inner(
+    inner: Rule, own: Tensor, received: Tensor, weights: Tensor | None, round: int, lost: int
+) -> tuple[Tensor, dict[str, float]]:
+    """Apply ``inner`` to already-validated inputs, telling it that ``lost`` of its inputs
+    were proven faulty (so its Byzantine budget shrinks as in the base policy)."""
+    inner.stats = {}
+    result = inner._aggregate(own, received, weights, round=round, rejected=lost)
+    return result, {f"inner_{key}": value for key, value in inner.stats.items()}
+
+
+@register_rule("nnm")
+class NearestNeighborMixing(Rule):
+    """Replace every input (own included) by the average of its ``n - f`` nearest inputs
+    (itself included), then apply ``inner`` (default: mean). Needs ``n >= 2f + 1``."""
+
+    def __init__(self, f: int, inner: RuleSpec = "mean") -> None:
+        super().__init__()
+        check_int_at_least("nnm", "f", f, 0)
+        self.f = f
+        self.inner = resolve_rule(inner)
+
+    @property
+    def uses_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.uses_weights
+
+    def check_input_count(self, k: int) -> None:
+        if k + 1 < 2 * self.f + 1:
+            raise ValueError(
+                f"{self.name}: needs n >= 2f + 1 inputs (own plus received), "
+                f"got n = {k + 1}, f = {self.f}"
+            )
+        self.inner.check_input_count(k)
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        inputs = stack_with_own(own, received)
+        n = inputs.shape[0]
+        f = min(max(self.f - rejected, 0), n - 1)
+        nearest = pairwise_sq_distances(inputs).topk(n - f, dim=1, largest=False).indices
+        mixed = inputs[nearest].mean(dim=1)
+        result, inner_stats = _run_inner(self.inner, mixed[0], mixed[1:], weights, round, rejected)
+        self.stats.update(inner_stats)
+        return result
+
+
+@register_rule("bucketing")
+class Bucketing(Rule):
+    """Shuffle the received vectors into buckets of ``s``, average each bucket, then apply
+    ``inner`` to own and the bucket means. With weights, a bucket carries the sum of its
+    members' weights. ``seed`` fixes the shuffling sequence."""
+
+    def __init__(self, s: int = 2, inner: RuleSpec = "mean", seed: int = 0) -> None:
+        super().__init__()
+        check_int_at_least("bucketing", "s", s, 1)
+        self.s = s
+        self.inner = resolve_rule(inner)
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def uses_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.uses_weights
+
+    def check_input_count(self, k: int) -> None:
+        self.inner.check_input_count(math.ceil(k / self.s))
+
+    def reset(self) -> None:
+        self._generator.manual_seed(self.seed)
+        self.inner.reset()
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        k = received.shape[0]
+        order = torch.randperm(k, generator=self._generator).to(received.device)
+        buckets = math.ceil(k / self.s)
+        membership = torch.empty(k, dtype=torch.long, device=received.device)
+        membership[order] = torch.arange(k, device=received.device) // self.s
+        sums = torch.zeros(buckets, received.shape[1], dtype=own.dtype, device=own.device)
+        sums.index_add_(0, membership, received)
+        counts = torch.bincount(membership, minlength=buckets).to(own.dtype)
+        means = sums / counts.unsqueeze(1)
+        bucket_weights = None
+        if weights is not None:
+            grouped = torch.zeros(buckets, dtype=own.dtype, device=own.device)
+            grouped.index_add_(0, membership, weights[1:])
+            bucket_weights = torch.cat([weights[:1], grouped])
+        lost = math.ceil((k + rejected) / self.s) - buckets
+        result, inner_stats = _run_inner(self.inner, own, means, bucket_weights, round, lost)
+        self.stats.update(buckets=float(buckets), **inner_stats)
+        return result

@@ -1,0 +1,150 @@
+"""The Krum family: Krum, Multi-Krum and Bulyan.
+
+Krum and Multi-Krum: P. Blanchard, E. M. El Mhamdi, R. Guerraoui, J. Stainer, "Machine
+learning with adversaries: Byzantine tolerant gradient descent", NeurIPS 2017.
+Bulyan: E. M. El Mhamdi, R. Guerraoui, S. Rouault, "The hidden vulnerability of distributed
+learning in Byzantium", ICML 2018.
+
+In decentralized use the candidate set is own plus received (``n = k + 1``); server-side
+the global model plays ``own``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .averaging import stack_with_own
+from .base import Rule, check_int_at_least, register_rule
+from .order_statistics import coordinate_median
+
+
+def pairwise_sq_distances(inputs: Tensor) -> Tensor:
+    """Squared Euclidean distances between the rows of ``inputs`` (``Tensor[n, n]``).
+
+    One matrix product (``|a|^2 + |b|^2 - 2 a.b``), computed in float64 where the input is
+    float32 to limit cancellation, clamped at zero.
+    """
+    work = inputs if inputs.dtype == torch.float64 else inputs.double()
+    sq_norms = (work * work).sum(dim=1)
+    gram = work @ work.T
+    dist = sq_norms.unsqueeze(0) + sq_norms.unsqueeze(1) - 2.0 * gram
+    dist.fill_diagonal_(0.0)
+    return dist.clamp_(min=0.0)
+
+
+def krum_scores(inputs: Tensor, f: int, distances: Tensor | None = None) -> Tensor:
+    """Krum score of every row: the sum of squared distances to its ``n - f - 2`` closest
+    other rows (lower is better). Needs ``n - f - 2 >= 1``."""
+    n = inputs.shape[0]
+    closest = n - f - 2
+    if closest < 1:
+        raise ValueError(f"krum scores need n - f - 2 >= 1, got n = {n}, f = {f}")
+    dist = pairwise_sq_distances(inputs) if distances is None else distances
+    # Row-wise: drop the zero self-distance by adding +inf on the diagonal.
+    masked = dist + torch.diag(torch.full((n,), float("inf"), dtype=dist.dtype, device=dist.device))
+    return masked.topk(closest, dim=1, largest=False).values.sum(dim=1)
+
+
+def multi_krum_select(inputs: Tensor, f: int, m: int) -> Tensor:
+    """Indices of the ``m`` rows with the best (lowest) Krum scores, best first."""
+    scores = krum_scores(inputs, f)
+    return torch.argsort(scores, stable=True)[:m]
+
+
+def _check_krum_count(rule_name: str, n: int, f: int) -> None:
+    if n < 2 * f + 3:
+        raise ValueError(
+            f"{rule_name}: needs n >= 2f + 3 inputs (own plus received), got n = {n}, f = {f}"
+        )
+
+
+@register_rule("multi_krum")
+class MultiKrum(Rule):
+    """Average of the ``m`` inputs with the lowest Krum scores (needs ``n >= 2f + 3``)."""
+
+    def __init__(self, f: int, m: int = 1) -> None:
+        super().__init__()
+        check_int_at_least(self.name or "multi_krum", "f", f, 0)
+        check_int_at_least(self.name or "multi_krum", "m", m, 1)
+        self.f = f
+        self.m = m
+
+    def check_input_count(self, k: int) -> None:
+        n = k + 1
+        _check_krum_count(self.name, n, self.f)
+        if self.m > n - self.f:
+            raise ValueError(
+                f"{self.name}: m must be <= n - f = {n - self.f} (n = {n}, f = {self.f}), "
+                f"got m = {self.m}"
+            )
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        inputs = stack_with_own(own, received)
+        n = inputs.shape[0]
+        f = max(self.f - rejected, 0)
+        if n < 3:  # too few left for a score; own is the only safe choice
+            self.stats.update(accepted=1.0, own_selected=1.0)
+            return own.clone()
+        m = min(self.m, n - f)
+        chosen = multi_krum_select(inputs, min(f, n - 3), m)
+        self.stats.update(accepted=float(m), own_selected=float(bool((chosen == 0).any())))
+        return inputs[chosen].mean(dim=0)
+
+
+@register_rule("krum")
+class Krum(MultiKrum):
+    """The single input with the lowest Krum score (Multi-Krum with ``m = 1``)."""
+
+    def __init__(self, f: int) -> None:
+        super().__init__(f=f, m=1)
+
+
+@register_rule("bulyan")
+class Bulyan(Rule):
+    """Bulyan: pick ``theta = n - 2f`` inputs by repeated Krum, then average per coordinate
+    the ``beta = theta - 2f`` values closest to the coordinate median of the picked set.
+    Needs ``n >= 4f + 3``."""
+
+    def __init__(self, f: int) -> None:
+        super().__init__()
+        check_int_at_least("bulyan", "f", f, 0)
+        self.f = f
+
+    def check_input_count(self, k: int) -> None:
+        n = k + 1
+        if n < 4 * self.f + 3:
+            raise ValueError(
+                f"{self.name}: needs n >= 4f + 3 inputs (own plus received), "
+                f"got n = {n}, f = {self.f}"
+            )
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        inputs = stack_with_own(own, received)
+        n = inputs.shape[0]
+        f = max(self.f - rejected, 0)
+        theta = n - 2 * f
+        distances = pairwise_sq_distances(inputs)
+        remaining = torch.arange(n, device=inputs.device)
+        picked: list[int] = []
+        for _ in range(theta):
+            count = remaining.shape[0]
+            if count - f - 2 >= 1:
+                sub = distances[remaining][:, remaining]
+                scores = krum_scores(inputs[remaining], f, distances=sub)
+                best = int(torch.argmin(scores))
+            else:  # too few left to score: take them in order
+                best = 0
+            picked.append(int(remaining[best]))
+            remaining = torch.cat([remaining[:best], remaining[best + 1:]])
+        selected = inputs[torch.tensor(picked, device=inputs.device)]
+        beta = theta - 2 * f
+        median = coordinate_median(selected)
+        closest = (selected - median).abs().topk(beta, dim=0, largest=False).indices
+        self.stats.update(accepted=float(theta), own_selected=float(0 in picked))
+        return selected.gather(0, closest).mean(dim=0)
+
