@@ -23,13 +23,12 @@ class Mean(Rule):
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
-        inputs = stack_with_own(own, received)
         if weights is None:
-            return inputs.mean(dim=0)
+            return (own + received.sum(dim=0)) / (received.shape[0] + 1)
         total = weights.sum()
         if float(total) <= 0.0:
             return own.clone()
-        return (weights / total) @ inputs
+        return (weights[0] * own + weights[1:] @ received) / total
 
 
 @register_rule("gossip")

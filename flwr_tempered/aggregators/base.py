@@ -62,7 +62,7 @@ class Rule(ABC):
         received: Tensor,
         weights: Tensor | None = None,
         *,
-        round: int = 0,  # noqa: A002 - the contract's name, mirrors the papers' t
+        round: int = 0,
     ) -> Tensor:
         """Aggregate ``own`` with ``received`` and return the new ``Tensor[d]``."""
         own, received, weights = _validate_inputs(
@@ -141,10 +141,13 @@ def _validate_inputs(
             f"{type(own).__name__} and {type(received).__name__}"
         )
     if own.dim() != 1:
-        raise ValueError(f"{rule_name}: own must be a vector Tensor[d], got shape {tuple(own.shape)}")
+        raise ValueError(
+            f"{rule_name}: own must be a vector Tensor[d], got shape {tuple(own.shape)}"
+        )
     if received.dim() != 2:
         raise ValueError(
-            f"{rule_name}: received must be a matrix Tensor[k, d], got shape {tuple(received.shape)}"
+            f"{rule_name}: received must be a matrix Tensor[k, d], "
+            f"got shape {tuple(received.shape)}"
         )
     k, d = received.shape
     if k == 0:

@@ -62,7 +62,10 @@ class NearestNeighborMixing(Rule):
         n = inputs.shape[0]
         f = min(max(self.f - rejected, 0), n - 1)
         nearest = pairwise_sq_distances(inputs).topk(n - f, dim=1, largest=False).indices
-        mixed = inputs[nearest].mean(dim=1)
+        # Row i of ``mixing`` averages input i's n - f nearest inputs: one matrix product.
+        mixing = torch.zeros(n, n, dtype=inputs.dtype, device=inputs.device)
+        mixing.scatter_(1, nearest, 1.0 / (n - f))
+        mixed = mixing @ inputs
         result, inner_stats = _run_inner(self.inner, mixed[0], mixed[1:], weights, round, rejected)
         self.stats.update(inner_stats)
         return result

@@ -1,0 +1,1 @@
+"""Experiment presets, result files, plots and the ``flwr-tempered`` command line."""
