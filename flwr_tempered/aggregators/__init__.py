@@ -23,7 +23,8 @@ from .clipping import CenteredClipping, ClippedGossip, clip_rows
 from .composition import Bucketing, NearestNeighborMixing
 from .fltrust import FLTrust
 from .geometric_median import GeometricMedian, smoothed_weiszfeld
-from .krum import Bulyan, Krum, MultiKrum, krum_scores, multi_krum_select, pairwise_sq_distances
+from .krum import Bulyan, Krum, MultiKrum, krum_scores, multi_krum_select
+from .linalg import pairwise_sq_distances, row_distances
 from .mozi import Mozi
 from .order_statistics import Median, TrimmedMean, coordinate_median, coordinate_trimmed_mean
 
@@ -54,6 +55,7 @@ __all__ = [
     "pairwise_sq_distances",
     "register_rule",
     "resolve_rule",
+    "row_distances",
     "rule_class",
     "rule_parameters",
     "smoothed_weiszfeld",

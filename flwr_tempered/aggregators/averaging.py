@@ -35,8 +35,8 @@ class Mean(Rule):
 class Gossip(Rule):
     """Plain gossip averaging ``x_i <- sum_j W_ij x_j`` over self and neighbours.
 
-    Written as ``x_i + sum_{j in N(i)} W_ij (x_j - x_i)`` so that the weight of a neighbour
-    whose vector was rejected stays on the node itself.
+    Own's weight is computed as ``1 - sum_{j in N(i)} W_ij`` so that the weight of a
+    neighbour whose vector was rejected stays on the node itself.
     """
 
     uses_weights = True
@@ -46,4 +46,5 @@ class Gossip(Rule):
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
         assert weights is not None  # guaranteed by requires_weights
-        return own + weights[1:] @ (received - own)
+        neighbour_weights = weights[1:]
+        return (1.0 - neighbour_weights.sum()) * own + neighbour_weights @ received

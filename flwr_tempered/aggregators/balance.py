@@ -15,6 +15,7 @@ import math
 from torch import Tensor
 
 from .base import Rule, check_fraction, check_int_at_least, check_positive, register_rule
+from .linalg import row_distances
 
 
 @register_rule("balance")
@@ -46,7 +47,7 @@ class Balance(Rule):
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
         radius = self.acceptance_radius(own, round)
-        accepted = (received - own).norm(dim=1) <= radius
+        accepted = row_distances(received, own) <= radius
         count = int(accepted.sum())
         k = received.shape[0] + rejected
         self.stats.update(
@@ -56,4 +57,6 @@ class Balance(Rule):
         )
         if count == 0:
             return own.clone()
-        return self.alpha * own + (1.0 - self.alpha) * received[accepted].mean(dim=0)
+        # Mean of the accepted rows as one matrix-vector product (no copy of the rows).
+        selection = accepted.to(own.dtype) * ((1.0 - self.alpha) / count)
+        return self.alpha * own + selection @ received

@@ -71,7 +71,7 @@ class Rule(ABC):
         if round < 0:
             raise ValueError(f"{self.name}: round must be >= 0, got {round}")
         self.check_input_count(received.shape[0])
-        finite = torch.isfinite(received).all(dim=1)
+        finite = finite_rows(received)
         rejected = int(received.shape[0] - int(finite.sum()))
         if rejected:
             received = received[finite]
@@ -162,7 +162,7 @@ def _validate_inputs(
         raise ValueError(
             f"{rule_name}: own is on {own.device} but received is on {received.device}"
         )
-    if not torch.isfinite(own).all():
+    if not bool(finite_rows(own.unsqueeze(0))[0]):
         raise ValueError(f"{rule_name}: own holds non-finite values (NaN or Inf)")
     if received.dtype != own.dtype:
         received = received.to(own.dtype)
@@ -185,6 +185,20 @@ def _validate_inputs(
     if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise ValueError(f"{rule_name}: weights must sum to 1, got sum {total:.6g}")
     return own, received, weights
+
+
+def finite_rows(matrix: Tensor) -> Tensor:
+    """Boolean ``Tensor[k]``: which rows of ``matrix`` hold only finite values.
+
+    A row whose sum is finite holds no NaN or Inf, so one cheap reduction settles almost
+    every row; only rows whose sum is not finite (a NaN, an Inf, or a finite overflow) get
+    the exact element-wise check.
+    """
+    finite = torch.isfinite(matrix.sum(dim=1))
+    suspects = (~finite).nonzero().flatten()
+    if suspects.numel():
+        finite[suspects] = torch.isfinite(matrix[suspects]).all(dim=1)
+    return finite
 
 
 def check_positive(rule_name: str, param: str, value: float) -> None:

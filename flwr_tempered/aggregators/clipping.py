@@ -14,16 +14,35 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .averaging import stack_with_own
 from .base import Rule, check_fraction, check_int_at_least, check_positive, register_rule
+from .linalg import row_distances
 
 
-def clip_rows(vectors: Tensor, tau: float | Tensor) -> tuple[Tensor, Tensor]:
+def clip_scales(norms: Tensor, tau: float) -> Tensor:
+    """Per-row factors ``min(1, tau / ||v||)`` that clip vectors of the given norms to
+    ``tau`` (zero-length vectors keep factor 1)."""
+    tiny = torch.finfo(norms.dtype).tiny
+    return torch.clamp(tau / torch.clamp(norms, min=tiny), max=1.0)
+
+
+def clip_rows(vectors: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     """Scale each row ``v`` to ``v * min(1, tau / ||v||)``; also return which rows were
     shortened."""
     norms = vectors.norm(dim=1)
-    scale = torch.clamp(tau / torch.clamp(norms, min=torch.finfo(vectors.dtype).tiny), max=1.0)
-    return vectors * scale.unsqueeze(1), norms > tau
+    return vectors * clip_scales(norms, tau).unsqueeze(1), norms > tau
+
+
+def clipped_step(
+    centre: Tensor, rows: Tensor, coefficients: Tensor, tau: float
+) -> tuple[Tensor, Tensor]:
+    """``sum_j coefficients_j * clip(rows_j - centre, tau)`` and which rows were clipped.
+
+    Computed as ``(c * s) @ rows - sum(c * s) * centre`` (``s`` the clip factors) so that the
+    only full-size temporary is the one the distances need.
+    """
+    norms = row_distances(rows, centre)
+    scaled = coefficients * clip_scales(norms, tau)
+    return scaled @ rows - scaled.sum() * centre, norms > tau
 
 
 @register_rule("centered_clipping")
@@ -53,14 +72,17 @@ class CenteredClipping(Rule):
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
-        inputs = stack_with_own(own, received)
         centre = own if self.centre is None or self.centre.shape != own.shape else self.centre
         centre = centre.to(device=own.device, dtype=own.dtype)
-        clipped_any = torch.zeros(inputs.shape[0], dtype=torch.bool, device=own.device)
+        n = received.shape[0] + 1
+        uniform = torch.full((n - 1,), 1.0 / n, dtype=own.dtype, device=own.device)
+        clipped_any = torch.zeros(n, dtype=torch.bool, device=own.device)
         for _ in range(self.iterations):
-            clipped, was_clipped = clip_rows(inputs - centre, self.tau)
-            centre = centre + clipped.mean(dim=0)
-            clipped_any |= was_clipped
+            step, was_clipped = clipped_step(centre, received, uniform, self.tau)
+            own_step, own_clipped = clip_rows((own - centre).unsqueeze(0), self.tau)
+            centre = centre + step + own_step[0] / n
+            clipped_any[1:] |= was_clipped
+            clipped_any[0] |= own_clipped[0]
         self.centre = centre.detach().clone()
         self.stats.update(clipped=float(clipped_any.sum()))
         return centre
@@ -115,11 +137,11 @@ class ClippedGossip(Rule):
             )
         else:
             neighbour_weights = weights[1:]
-        differences = received - own
         if self.tau is None:
-            tau = self.adaptive_radius(differences.norm(dim=1), neighbour_weights)
+            distances = row_distances(received, own)
+            tau = self.adaptive_radius(distances, neighbour_weights)
         else:
             tau = self.tau
-        clipped, was_clipped = clip_rows(differences, tau)
+        step, was_clipped = clipped_step(own, received, neighbour_weights, tau)
         self.stats.update(clipped=float(was_clipped.sum()), tau=tau)
-        return own + neighbour_weights @ clipped
+        return own + step

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .averaging import stack_with_own
 from .base import Rule, check_int_at_least, register_rule, resolve_rule
-from .krum import pairwise_sq_distances
+from .linalg import pairwise_sq_distances
 
 RuleSpec = Rule | str | Mapping[str, Any]
 
@@ -46,6 +46,10 @@ class NearestNeighborMixing(Rule):
     @property
     def uses_weights(self) -> bool:  # type: ignore[override]
         return self.inner.uses_weights
+
+    @property
+    def requires_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.requires_weights
 
     def check_input_count(self, k: int) -> None:
         if k + 1 < 2 * self.f + 1:
@@ -88,6 +92,10 @@ class Bucketing(Rule):
     @property
     def uses_weights(self) -> bool:  # type: ignore[override]
         return self.inner.uses_weights
+
+    @property
+    def requires_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.requires_weights
 
     def check_input_count(self, k: int) -> None:
         self.inner.check_input_count(math.ceil(k / self.s))

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .base import Rule, register_rule
+from .linalg import centred_norms_and_dots
 
 #: Maps the current model to the model after training on the trusted root data set.
 ReferenceFunction = Callable[[Tensor], Tensor]
@@ -59,14 +60,14 @@ class FLTrust(Rule):
         g0 = self._reference.to(device=own.device, dtype=own.dtype) - own
         self._reference = None
         g0_norm = g0.norm()
-        updates = received - own
-        norms = updates.norm(dim=1)
+        norms, dots = centred_norms_and_dots(received, own, g0)  # ||g_i||, g_i . g0
         tiny = torch.finfo(own.dtype).tiny
-        cosine = (updates @ g0) / torch.clamp(norms * g0_norm, min=tiny)
+        cosine = dots / torch.clamp(norms * g0_norm, min=tiny)
         trust = torch.relu(cosine)
         self.stats.update(accepted=float((trust > 0).sum()))
         total = trust.sum()
         if float(total) <= 0.0:
             return own.clone()
-        rescaled = updates * (g0_norm / torch.clamp(norms, min=tiny)).unsqueeze(1)
-        return own + (trust / total) @ rescaled
+        # sum_i c_i (x_i - own) with c_i = trust_i / total * ||g0|| / ||g_i||, streamed.
+        coefficients = (trust / total) * g0_norm / torch.clamp(norms, min=tiny)
+        return own + coefficients @ received - coefficients.sum() * own

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .averaging import stack_with_own
 from .base import Rule, check_int_at_least, check_positive, register_rule
+from .linalg import row_distances
 
 
 def smoothed_weiszfeld(inputs: Tensor, iterations: int, nu: float) -> Tensor:
@@ -18,7 +19,7 @@ def smoothed_weiszfeld(inputs: Tensor, iterations: int, nu: float) -> Tensor:
     ``iterations`` times re-weight each row by ``1 / max(||z - x_k||, nu)`` and average."""
     z = inputs.mean(dim=0)
     for _ in range(iterations):
-        distances = (inputs - z).norm(dim=1)
+        distances = row_distances(inputs, z)
         betas = 1.0 / torch.clamp(distances, min=nu)
         z = (betas / betas.sum()) @ inputs
     return z

@@ -16,21 +16,8 @@ from torch import Tensor
 
 from .averaging import stack_with_own
 from .base import Rule, check_int_at_least, register_rule
-from .order_statistics import coordinate_median
-
-
-def pairwise_sq_distances(inputs: Tensor) -> Tensor:
-    """Squared Euclidean distances between the rows of ``inputs`` (``Tensor[n, n]``).
-
-    One matrix product (``|a|^2 + |b|^2 - 2 a.b``), computed in float64 where the input is
-    float32 to limit cancellation, clamped at zero.
-    """
-    work = inputs if inputs.dtype == torch.float64 else inputs.double()
-    sq_norms = (work * work).sum(dim=1)
-    gram = work @ work.T
-    dist = sq_norms.unsqueeze(0) + sq_norms.unsqueeze(1) - 2.0 * gram
-    dist.fill_diagonal_(0.0)
-    return dist.clamp_(min=0.0)
+from .linalg import pairwise_sq_distances
+from .order_statistics import coordinate_median, mean_of_closest
 
 
 def krum_scores(inputs: Tensor, f: int, distances: Tensor | None = None) -> Tensor:
@@ -143,8 +130,6 @@ class Bulyan(Rule):
             remaining = torch.cat([remaining[:best], remaining[best + 1:]])
         selected = inputs[torch.tensor(picked, device=inputs.device)]
         beta = theta - 2 * f
-        median = coordinate_median(selected)
-        closest = (selected - median).abs().topk(beta, dim=0, largest=False).indices
         self.stats.update(accepted=float(theta), own_selected=float(0 in picked))
-        return selected.gather(0, closest).mean(dim=0)
+        return mean_of_closest(selected, coordinate_median(selected), beta)
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Rule, check_fraction, register_rule
+from .linalg import row_distances
 
 #: Loss of a flat model vector on a fresh local batch (lower is better).
 LossFunction = Callable[[Tensor], float]
@@ -55,7 +56,7 @@ class Mozi(Rule):
             raise ValueError("mozi: no local loss callback; pass loss_fn= or call bind_loss()")
         k_total = received.shape[0] + rejected
         keep = min(max(1, math.floor(self.rho * k_total)), received.shape[0])
-        distances = (received - own).norm(dim=1)
+        distances = row_distances(received, own)
         closest = torch.argsort(distances, stable=True)[:keep]
         own_loss = float(self.loss_fn(own))
         losses = torch.tensor([float(self.loss_fn(received[j])) for j in closest.tolist()])

@@ -10,6 +10,9 @@ coordinate), several times faster than a full sort; on other devices through ``t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -17,14 +20,57 @@ from torch import Tensor
 from .averaging import stack_with_own
 from .base import Rule, check_int_at_least, register_rule
 
+#: Below this many coordinates a selection runs on one thread.
+PARALLEL_MIN_COLUMNS = 1 << 18
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _by_column_blocks(columns: int, work: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """``work(lo, hi)`` over blocks of columns in parallel threads (numpy releases the GIL
+    while it selects), the results joined along their last axis."""
+    threads = torch.get_num_threads()
+    if threads <= 1 or columns < PARALLEL_MIN_COLUMNS:
+        return work(0, columns)
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="flwr-tempered")
+    bounds = np.linspace(0, columns, threads + 1).astype(int).tolist()
+    return np.concatenate(list(_POOLS[threads].map(work, bounds[:-1], bounds[1:])), axis=-1)
+
+
+def _uses_numpy(inputs: Tensor) -> bool:
+    return inputs.device.type == "cpu" and inputs.dtype in (torch.float32, torch.float64)
+
 
 def _partitioned(inputs: Tensor, kth: int) -> Tensor:
     """``inputs`` rearranged along dim 0 so that row ``kth`` holds that order statistic,
     smaller-or-equal values before it and larger-or-equal after (``numpy.partition``)."""
-    if inputs.device.type == "cpu" and inputs.dtype in (torch.float32, torch.float64):
+    if not _uses_numpy(inputs):
+        return torch.sort(inputs, dim=0).values
+    array = inputs.detach().numpy()
+
+    def partition(lo: int, hi: int) -> np.ndarray:
         # One kth at a time: numpy's multi-kth partition is several times slower.
-        return torch.from_numpy(np.partition(inputs.detach().numpy(), kth, axis=0))
-    return torch.sort(inputs, dim=0).values
+        return np.partition(array[:, lo:hi], kth, axis=0)
+
+    return torch.from_numpy(_by_column_blocks(array.shape[1], partition))
+
+
+def mean_of_closest(inputs: Tensor, centre: Tensor, count: int) -> Tensor:
+    """Per coordinate, the mean of the ``count`` rows whose values lie closest to
+    ``centre`` (Bulyan's second stage)."""
+    if not _uses_numpy(inputs):
+        closest = (inputs - centre).abs().topk(count, dim=0, largest=False).indices
+        return inputs.gather(0, closest).mean(dim=0)
+    values = inputs.detach().numpy()
+    reference = centre.detach().numpy()
+
+    def closest_mean(lo: int, hi: int) -> np.ndarray:
+        block = values[:, lo:hi]
+        distance = np.abs(block - reference[lo:hi])
+        order = np.argpartition(distance, count - 1, axis=0)[:count]
+        return np.take_along_axis(block, order, axis=0).mean(axis=0)
+
+    return torch.from_numpy(_by_column_blocks(values.shape[1], closest_mean))
 
 
 def coordinate_median(inputs: Tensor) -> Tensor:

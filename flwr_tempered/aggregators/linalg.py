@@ -1,0 +1,59 @@
+"""Distance computations shared by the rules, written to stream over large inputs.
+
+A model vector has up to millions of coordinates and a rule sees up to hundreds of them;
+materialising ``received - own`` allocates (and page-faults) a buffer as large as the
+input on every call, which costs more than the arithmetic. These helpers work in blocks of
+about ``BLOCK_ELEMENTS`` values so that the temporaries stay small and hot in cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: Size of the temporaries the streaming helpers allocate, in tensor elements.
+BLOCK_ELEMENTS = 1 << 21
+
+
+def row_distances(rows: Tensor, point: Tensor) -> Tensor:
+    """Euclidean distance of every row of ``rows`` (``Tensor[k, d]``) to ``point``."""
+    k, d = rows.shape
+    block = max(1, BLOCK_ELEMENTS // max(d, 1))
+    if block >= k:
+        return (rows - point).norm(dim=1)
+    return torch.cat([(rows[i : i + block] - point).norm(dim=1) for i in range(0, k, block)])
+
+
+def centred_norms_and_dots(
+    rows: Tensor, point: Tensor, direction: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``||rows_i - point||`` and ``(rows_i - point) . direction`` for every row, from one
+    streamed pass (the differences are formed explicitly, so no cancellation)."""
+    k, d = rows.shape
+    block = max(1, BLOCK_ELEMENTS // max(d, 1))
+    norms, dots = [], []
+    for i in range(0, k, block):
+        difference = rows[i : i + block] - point
+        norms.append(difference.norm(dim=1))
+        dots.append(difference @ direction)
+    return torch.cat(norms), torch.cat(dots)
+
+
+def pairwise_sq_distances(inputs: Tensor) -> Tensor:
+    """Squared Euclidean distances between the rows of ``inputs`` (``Tensor[n, n]``).
+
+    A Gram matrix product (``|a|^2 + |b|^2 - 2 a.b``) on the rows centred at the first row:
+    distances do not change under translation, and centring avoids the cancellation the
+    formula suffers when the rows are long and close together (models near consensus). The
+    Gram matrix is accumulated over column blocks.
+    """
+    n, d = inputs.shape
+    gram = torch.zeros(n, n, dtype=inputs.dtype, device=inputs.device)
+    width = max(1, BLOCK_ELEMENTS // max(n, 1))
+    for lo in range(0, d, width):
+        centred = inputs[:, lo : lo + width] - inputs[0, lo : lo + width]
+        gram.addmm_(centred, centred.T)
+    sq_norms = gram.diagonal().clone()
+    dist = sq_norms.unsqueeze(0) + sq_norms.unsqueeze(1) - 2.0 * gram
+    dist.fill_diagonal_(0.0)
+    return dist.clamp_(min=0.0)
