@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,7 +21,6 @@ def test_ruff_reports_no_problem() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.slow
 def test_mypy_reports_no_problem() -> None:
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
