@@ -17,8 +17,11 @@ before the rule runs and counted in ``stats["rejected_nonfinite"]``. Its mixing 
 not redistributed among the other neighbours; weight-based rules (gossip, ClippedGossip)
 leave it on the node itself, exactly as if that neighbour had stayed silent. Each rejected
 row is a proven-faulty input, so rules with a Byzantine budget (``b`` or ``f``) lower that
-budget by one per rejected row; the remaining inputs then always satisfy the rule's
-preconditions. When every received row is rejected, the rule returns a copy of ``own``.
+budget by one per rejected row, so the remaining inputs still satisfy the rule's
+preconditions. Two corner cases are settled conservatively: when every received row is
+rejected, the rule returns a copy of ``own``; when the Krum family is left with fewer than
+three inputs (too few to score), it also returns ``own``. Wrappers (bucketing) lower the
+inner rule's budget by the number of buckets lost, which never exceeds the rows rejected.
 A non-finite ``own`` is the caller's bug and raises ``ValueError``.
 """
 

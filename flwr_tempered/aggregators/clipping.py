@@ -121,8 +121,10 @@ class ClippedGossip(Rule):
         if delta <= 0.0:
             return float("inf")
         order = torch.argsort(distances, descending=True)
-        cumulative = torch.cumsum(neighbour_weights[order], dim=0)
-        presumed_byzantine = cumulative <= delta * (1.0 + 1e-9)
+        cumulative = torch.cumsum(neighbour_weights[order].double(), dim=0)
+        # Slack for the rounding of weights that sum to exactly delta in the input dtype.
+        slack = (cumulative.shape[0] + 1) * torch.finfo(neighbour_weights.dtype).eps
+        presumed_byzantine = cumulative <= delta + slack
         honest = order[~presumed_byzantine]
         spread = (neighbour_weights[honest] * distances[honest] ** 2).sum()
         return float(torch.sqrt(spread / delta))

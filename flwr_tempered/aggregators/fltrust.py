@@ -36,6 +36,21 @@ class FLTrust(Rule):
         self.reference_fn = reference_fn
         self._reference: Tensor | None = None
 
+    def __call__(
+        self,
+        own: Tensor,
+        received: Tensor,
+        weights: Tensor | None = None,
+        *,
+        round: int = 0,
+    ) -> Tensor:
+        """Aggregate as :class:`Rule` does; a reference set for this call never outlives it
+        (not even when every received vector is rejected)."""
+        try:
+            return super().__call__(own, received, weights, round=round)
+        finally:
+            self._reference = None
+
     def set_reference(self, trusted_model: Tensor) -> None:
         """Use ``trusted_model`` (the model trained on root data) for the next call."""
         if not isinstance(trusted_model, Tensor) or trusted_model.dim() != 1:
@@ -58,7 +73,6 @@ class FLTrust(Rule):
                 f"own has {tuple(own.shape)}"
             )
         g0 = self._reference.to(device=own.device, dtype=own.dtype) - own
-        self._reference = None
         g0_norm = g0.norm()
         norms, dots = centred_norms_and_dots(received, own, g0)  # ||g_i||, g_i . g0
         tiny = torch.finfo(own.dtype).tiny

@@ -48,7 +48,11 @@ def _check_krum_count(rule_name: str, n: int, f: int) -> None:
 
 @register_rule("multi_krum")
 class MultiKrum(Rule):
-    """Average of the ``m`` inputs with the lowest Krum scores (needs ``n >= 2f + 3``)."""
+    """Average of the ``m`` inputs with the lowest Krum scores (needs ``n >= 2f + 3``).
+
+    Equal scores go to the earlier input (own first, then the received order). If rejected
+    non-finite inputs leave fewer than three inputs, no score exists and own is returned.
+    """
 
     def __init__(self, f: int, m: int = 1) -> None:
         super().__init__()

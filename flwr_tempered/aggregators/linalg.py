@@ -39,21 +39,42 @@ def centred_norms_and_dots(
     return torch.cat(norms), torch.cat(dots)
 
 
-def pairwise_sq_distances(inputs: Tensor) -> Tensor:
-    """Squared Euclidean distances between the rows of ``inputs`` (``Tensor[n, n]``).
+#: Recentre when float rounding could distort some pairwise distance by more than this.
+RELATIVE_PRECISION = 1e-3
 
-    A Gram matrix product (``|a|^2 + |b|^2 - 2 a.b``) on the rows centred at the first row:
-    distances do not change under translation, and centring avoids the cancellation the
-    formula suffers when the rows are long and close together (models near consensus). The
-    Gram matrix is accumulated over column blocks.
-    """
+
+def _gram_sq_distances(inputs: Tensor, centre: int) -> tuple[Tensor, Tensor]:
+    """Squared distances via a Gram matrix of the rows centred at row ``centre``, and the
+    squared norms of those centred rows (accumulated over column blocks)."""
     n, d = inputs.shape
     gram = torch.zeros(n, n, dtype=inputs.dtype, device=inputs.device)
     width = max(1, BLOCK_ELEMENTS // max(n, 1))
     for lo in range(0, d, width):
-        centred = inputs[:, lo : lo + width] - inputs[0, lo : lo + width]
+        centred = inputs[:, lo : lo + width] - inputs[centre, lo : lo + width]
         gram.addmm_(centred, centred.T)
     sq_norms = gram.diagonal().clone()
     dist = sq_norms.unsqueeze(0) + sq_norms.unsqueeze(1) - 2.0 * gram
     dist.fill_diagonal_(0.0)
-    return dist.clamp_(min=0.0)
+    return dist.clamp_(min=0.0), sq_norms
+
+
+def pairwise_sq_distances(inputs: Tensor) -> Tensor:
+    """Squared Euclidean distances between the rows of ``inputs`` (``Tensor[n, n]``).
+
+    One Gram matrix product (``|a|^2 + |b|^2 - 2 a.b``) on rows centred at a reference row:
+    distances do not change under translation, and centring limits the cancellation the
+    formula suffers when rows are long and close together (models near consensus). The
+    first row is the reference; if rounding could then distort some distance by more than
+    ``RELATIVE_PRECISION`` (a first row far from a tight cluster), the distances are
+    recomputed around the row closest to all others.
+    """
+    dist, sq_norms = _gram_sq_distances(inputs, centre=0)
+    eps = torch.finfo(inputs.dtype).eps
+    error_bound = 4.0 * eps * (sq_norms.unsqueeze(0) + sq_norms.unsqueeze(1))
+    error_bound.fill_diagonal_(0.0)
+    tiny = torch.finfo(inputs.dtype).tiny
+    if bool((error_bound > RELATIVE_PRECISION * dist.clamp(min=tiny)).any()):
+        medoid = int(torch.argmin(dist.sum(dim=1)))
+        if medoid != 0:
+            dist, _ = _gram_sq_distances(inputs, centre=medoid)
+    return dist
