@@ -20,16 +20,21 @@ from .linalg import pairwise_sq_distances
 from .order_statistics import coordinate_median, mean_of_closest
 
 
-def krum_scores(inputs: Tensor, f: int, distances: Tensor | None = None) -> Tensor:
+def krum_scores(inputs: Tensor, f: int) -> Tensor:
     """Krum score of every row: the sum of squared distances to its ``n - f - 2`` closest
     other rows (lower is better). Needs ``n - f - 2 >= 1``."""
-    n = inputs.shape[0]
+    return krum_scores_from_distances(pairwise_sq_distances(inputs), f)
+
+
+def krum_scores_from_distances(distances: Tensor, f: int) -> Tensor:
+    """:func:`krum_scores` given the ``Tensor[n, n]`` of squared pairwise distances."""
+    n = distances.shape[0]
     closest = n - f - 2
     if closest < 1:
         raise ValueError(f"krum scores need n - f - 2 >= 1, got n = {n}, f = {f}")
-    dist = pairwise_sq_distances(inputs) if distances is None else distances
     # Row-wise: drop the zero self-distance by adding +inf on the diagonal.
-    masked = dist + torch.diag(torch.full((n,), float("inf"), dtype=dist.dtype, device=dist.device))
+    infinity = torch.full((n,), float("inf"), dtype=distances.dtype, device=distances.device)
+    masked = distances + torch.diag(infinity)
     return masked.topk(closest, dim=1, largest=False).values.sum(dim=1)
 
 
@@ -126,7 +131,7 @@ class Bulyan(Rule):
             count = remaining.shape[0]
             if count - f - 2 >= 1:
                 sub = distances[remaining][:, remaining]
-                scores = krum_scores(inputs[remaining], f, distances=sub)
+                scores = krum_scores_from_distances(sub, f)
                 best = int(torch.argmin(scores))
             else:  # too few left to score: take them in order
                 best = 0
