@@ -14,6 +14,7 @@ not the cost of evaluating models on data.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -112,6 +113,18 @@ def print_table(rows: list[dict[str, Any]], ks: list[int], ds: list[int]) -> Non
         print(f"| {name} | " + " | ".join(shown) + " |")
 
 
+def cpu_model() -> str:
+    """The CPU's model name where the OS tells it (Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=[8, 32, 128])
@@ -121,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU float32")
     rows = benchmark(args.k, args.d, args.repeats)
     print()
