@@ -556,9 +556,9 @@ def test_registry_errors_name_the_offender() -> None:
     with pytest.raises(ValueError, match=r"rule 'trimmed_mean' has no parameter\(s\) bogus, "
                        r"q; its parameters: b"):
         get_rule("trimmed_mean", b=1, bogus=2, q=3)
-    with pytest.raises(ValueError, match=r"rule 'trimmed_mean' needs parameter\(s\): b"):
+    with pytest.raises(ValueError, match=r"rule 'trimmed_mean' needs parameter\(s\) b;"):
         get_rule("trimmed_mean")
-    with pytest.raises(ValueError, match=r"rule 'balance' needs parameter\(s\): total_rounds"):
+    with pytest.raises(ValueError, match=r"rule 'balance' needs parameter\(s\) total_rounds;"):
         get_rule("balance")
     with pytest.raises(ValueError, match=r"rule 'mean' has no parameter\(s\) b; .*\(none\)"):
         get_rule("mean", b=1)

@@ -370,7 +370,7 @@ def test_registry_unknown_parameter_lists_accepted_ones() -> None:
 
 
 def test_registry_missing_parameter() -> None:
-    with pytest.raises(ValueError, match="accepted parameters"):
+    with pytest.raises(ValueError, match=r"needs parameter\(s\) p; its parameters: n, p"):
         get_topology("erdos_renyi", n=10)
 
 

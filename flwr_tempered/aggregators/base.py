@@ -35,6 +35,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from flwr_tempered.registry import Registry
+
 #: Relative tolerance when checking that mixing weights sum to one.
 WEIGHT_SUM_TOLERANCE = 1e-4
 
@@ -225,7 +227,7 @@ def check_fraction(rule_name: str, param: str, value: float, *, open_low: bool =
 
 
 # ---------------------------------------------------------------------------- registry
-_RULES: dict[str, type[Rule]] = {}
+RULES: Registry[type[Rule]] = Registry("rule")
 
 RuleT = TypeVar("RuleT", bound=type[Rule])
 
@@ -234,10 +236,8 @@ def register_rule(name: str) -> Callable[[RuleT], RuleT]:
     """Class decorator that makes a rule available to :func:`get_rule` under ``name``."""
 
     def decorate(cls: RuleT) -> RuleT:
-        if name in _RULES:
-            raise ValueError(f"rule name {name!r} is already registered by {_RULES[name]}")
+        RULES.add(name, cls)
         cls.name = name
-        _RULES[name] = cls
         return cls
 
     return decorate
@@ -245,24 +245,18 @@ def register_rule(name: str) -> Callable[[RuleT], RuleT]:
 
 def available_rules() -> list[str]:
     """Names accepted by :func:`get_rule`, sorted."""
-    return sorted(_RULES)
+    return RULES.names()
 
 
 def rule_class(name: str) -> type[Rule]:
     """The class registered under ``name``; ``ValueError`` listing the valid names if none."""
-    try:
-        return _RULES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown rule {name!r}; available rules: {', '.join(available_rules())}"
-        ) from None
+    return RULES.factory(name)
 
 
 def rule_parameters(name: str) -> dict[str, Any]:
-    """The constructor parameters of rule ``name`` with their defaults (``inspect.Parameter.empty``
-    when required)."""
-    signature = inspect.signature(rule_class(name).__init__)
-    return {p.name: p.default for p in signature.parameters.values() if p.name != "self"}
+    """The constructor parameters of rule ``name`` with their defaults
+    (``inspect.Parameter.empty`` when required)."""
+    return RULES.parameters(name)
 
 
 def get_rule(name: str, **params: Any) -> Rule:
@@ -272,19 +266,8 @@ def get_rule(name: str, **params: Any) -> Rule:
     required parameter names itself. Wrapper rules (``nnm``, ``bucketing``) accept ``inner``
     as a rule, a rule name, or a mapping ``{"name": ..., **params}``.
     """
-    cls = rule_class(name)
-    accepted = rule_parameters(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"rule {name!r} has no parameter(s) {', '.join(unknown)}; "
-            f"its parameters: {', '.join(accepted) or '(none)'}"
-        )
-    missing = [p for p, default in accepted.items() if default is inspect.Parameter.empty
-               and p not in params]
-    if missing:
-        raise ValueError(f"rule {name!r} needs parameter(s): {', '.join(missing)}")
-    return cls(**params)
+    rule: Rule = RULES.build(name, **params)
+    return rule
 
 
 def resolve_rule(spec: Rule | str | Mapping[str, Any]) -> Rule:

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from flwr_tempered.aggregators.base import Rule
+from flwr_tempered.registry import Registry
 
 __all__ = [
     "AttackBase",
@@ -235,6 +236,16 @@ class AttackBase(ABC):
 
     #: Registry name, set by :func:`register_attack`.
     name: ClassVar[str] = ""
+    #: The attack raises ``ValueError`` if a target's ``previous`` is ``None``.
+    needs_previous: ClassVar[bool] = False
+    #: The attack raises ``ValueError`` if ``view.own_previous`` is ``None``.
+    needs_own_previous: ClassVar[bool] = False
+    #: The attack raises ``ValueError`` if a target's ``rule`` is ``None``.
+    needs_rule: ClassVar[bool] = False
+    #: The attack reads a target's ``previous`` when it is given (true if needed).
+    uses_previous: ClassVar[bool] = False
+    #: The attack reads a target's ``rule`` when it is given (true if needed).
+    uses_rule: ClassVar[bool] = False
 
     def __init__(self, seed: int | None = None) -> None:
         self.stats: dict[str, float] = {}
@@ -286,17 +297,6 @@ class ModelPoisoningAttack(AttackBase):
     does not depend on the target may override :meth:`craft_all` instead.
     """
 
-    #: The attack raises ``ValueError`` if a target's ``previous`` is ``None``.
-    needs_previous: ClassVar[bool] = False
-    #: The attack raises ``ValueError`` if ``view.own_previous`` is ``None``.
-    needs_own_previous: ClassVar[bool] = False
-    #: The attack raises ``ValueError`` if a target's ``rule`` is ``None``.
-    needs_rule: ClassVar[bool] = False
-    #: The attack reads a target's ``previous`` when it is given (true if needed).
-    uses_previous: ClassVar[bool] = False
-    #: The attack reads a target's ``rule`` when it is given (true if needed).
-    uses_rule: ClassVar[bool] = False
-
     def __call__(self, view: AttackView) -> Tensor:
         if not isinstance(view, AttackView):
             raise ValueError(f"{self.name}: expected an AttackView, got {type(view).__name__}")
@@ -345,12 +345,6 @@ class DataPoisoningAttack(AttackBase):
     The node trains on ``poison(images, labels)`` instead of its clean batches and sends the
     resulting model unchanged to every neighbour.
     """
-
-    needs_previous: ClassVar[bool] = False
-    needs_own_previous: ClassVar[bool] = False
-    needs_rule: ClassVar[bool] = False
-    uses_previous: ClassVar[bool] = False
-    uses_rule: ClassVar[bool] = False
 
     def __call__(self, view: AttackView) -> Tensor:
         if not isinstance(view, AttackView):
@@ -439,7 +433,7 @@ def population_std(x: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- registry
-_ATTACKS: dict[str, type[AttackBase]] = {}
+ATTACKS: Registry[type[AttackBase]] = Registry("attack")
 
 AttackT = TypeVar("AttackT", bound=type[AttackBase])
 
@@ -448,10 +442,8 @@ def register_attack(name: str) -> Callable[[AttackT], AttackT]:
     """Class decorator that makes an attack available to :func:`get_attack` under ``name``."""
 
     def decorate(cls: AttackT) -> AttackT:
-        if name in _ATTACKS:
-            raise ValueError(f"attack name {name!r} is already registered by {_ATTACKS[name]}")
+        ATTACKS.add(name, cls)
         cls.name = name
-        _ATTACKS[name] = cls
         return cls
 
     return decorate
@@ -459,24 +451,18 @@ def register_attack(name: str) -> Callable[[AttackT], AttackT]:
 
 def available_attacks() -> list[str]:
     """Names accepted by :func:`get_attack`, sorted."""
-    return sorted(_ATTACKS)
+    return ATTACKS.names()
 
 
 def attack_class(name: str) -> type[AttackBase]:
     """The class registered under ``name``; ``ValueError`` listing the valid names if none."""
-    try:
-        return _ATTACKS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown attack {name!r}; available attacks: {', '.join(available_attacks())}"
-        ) from None
+    return ATTACKS.factory(name)
 
 
 def attack_parameters(name: str) -> dict[str, Any]:
     """Constructor parameters of attack ``name`` with their defaults
     (``inspect.Parameter.empty`` when required)."""
-    signature = inspect.signature(attack_class(name).__init__)
-    return {p.name: p.default for p in signature.parameters.values() if p.name != "self"}
+    return ATTACKS.parameters(name)
 
 
 def get_attack(name: str, **params: Any) -> AttackBase:
@@ -484,16 +470,5 @@ def get_attack(name: str, **params: Any) -> AttackBase:
 
     A misspelt name or parameter raises ``ValueError`` listing the valid ones.
     """
-    cls = attack_class(name)
-    accepted = attack_parameters(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"attack {name!r} has no parameter(s) {', '.join(unknown)}; "
-            f"its parameters: {', '.join(accepted) or '(none)'}"
-        )
-    missing = [p for p, default in accepted.items()
-               if default is inspect.Parameter.empty and p not in params]
-    if missing:
-        raise ValueError(f"attack {name!r} needs parameter(s): {', '.join(missing)}")
-    return cls(**params)
+    attack: AttackBase = ATTACKS.build(name, **params)
+    return attack

@@ -6,41 +6,38 @@ misspelt names and parameters fail early with a ``ValueError`` that lists what i
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
+from flwr_tempered.registry import Registry
 from flwr_tempered.topology import constructions, standard
 from flwr_tempered.topology.base import Topology
 
-_REGISTRY: dict[str, Callable[..., Topology]] = {
-    "ring": standard.ring,
-    "chain": standard.chain,
-    "complete": standard.complete,
-    "star": standard.star,
-    "torus": standard.torus,
-    "erdos_renyi": standard.erdos_renyi,
-    "random_regular": standard.random_regular,
-    "small_world": standard.small_world,
-    "dumbbell": constructions.dumbbell,
-    "two_cliques_with_byzantine": constructions.two_cliques_with_byzantine,
-    "malicious_ring": constructions.malicious_ring,
-}
+TOPOLOGIES: Registry[Callable[..., Topology]] = Registry("topology")
+for _factory in (
+    standard.ring,
+    standard.chain,
+    standard.complete,
+    standard.star,
+    standard.torus,
+    standard.erdos_renyi,
+    standard.random_regular,
+    standard.small_world,
+    constructions.dumbbell,
+    constructions.two_cliques_with_byzantine,
+    constructions.malicious_ring,
+):
+    TOPOLOGIES.add(_factory.__name__, _factory)
 
 
 def available_topologies() -> list[str]:
     """Sorted names accepted by :func:`get_topology`."""
-    return sorted(_REGISTRY)
+    return TOPOLOGIES.names()
 
 
 def topology_factory(name: str) -> Callable[..., Topology]:
     """The constructor registered as ``name``; ``ValueError`` listing the valid names."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown topology {name!r}; valid names: {', '.join(available_topologies())}"
-        ) from None
+    return TOPOLOGIES.factory(name)
 
 
 def get_topology(name: str, **params: Any) -> Topology:
@@ -49,19 +46,5 @@ def get_topology(name: str, **params: Any) -> Topology:
     Raises ``ValueError`` for an unknown name (listing the valid ones), for an unknown or
     missing parameter (listing the accepted ones), and for invalid parameter values.
     """
-    factory = topology_factory(name)
-    signature = inspect.signature(factory)
-    accepted = list(signature.parameters)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for topology {name!r}; "
-            f"accepted: {', '.join(accepted)}"
-        )
-    try:
-        signature.bind(**params)
-    except TypeError as exc:
-        raise ValueError(
-            f"topology {name!r}: {exc}; accepted parameters: {', '.join(accepted)}"
-        ) from None
-    return factory(**params)
+    topology: Topology = TOPOLOGIES.build(name, **params)
+    return topology
