@@ -13,6 +13,8 @@ import ast
 import inspect
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 #: What ``flwr-tempered list`` can print.
@@ -106,6 +108,128 @@ def _describe_topology(name: str, params: dict[str, Any], plot: str | None) -> N
         print(f"drawing written to {plot}")
 
 
+def _add_run_parser(commands: Any) -> None:
+    from flwr_tempered.aggregators import available_rules
+    from flwr_tempered.attacks import available_attacks
+    from flwr_tempered.data import available_datasets, available_partitioners
+    from flwr_tempered.node import RunConfig
+    from flwr_tempered.topology import available_topologies
+
+    defaults = RunConfig()
+    run = commands.add_parser(
+        "run", help="run a decentralized training (Flower simulation)",
+        description="Run a Byzantine-robust decentralized training through Flower's "
+                    "simulation engine and write a results folder.",
+    )
+    run.add_argument("--topology", default=defaults.topology,
+                     help=f"one of: {', '.join(available_topologies())}")
+    run.add_argument("--nodes", type=int, default=defaults.nodes)
+    run.add_argument("--byzantine", type=int, default=defaults.byzantine)
+    run.add_argument("--rule", default=defaults.rule,
+                     help=f"one of: {', '.join(available_rules())}")
+    run.add_argument("--attack", default=defaults.attack,
+                     help=f"'none' or one of: {', '.join(available_attacks())}")
+    run.add_argument("--dataset", default=defaults.dataset,
+                     help=f"one of: {', '.join(available_datasets())}")
+    run.add_argument("--partition", default=defaults.partition,
+                     help=f"one of: {', '.join(available_partitioners())}")
+    run.add_argument("--model", default=defaults.model)
+    run.add_argument("--rounds", type=int, default=defaults.rounds)
+    run.add_argument("--local-steps", type=int, default=defaults.local_steps)
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run.add_argument("--lr", type=float, default=defaults.lr)
+    run.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--exchange", choices=["shared", "inline"], default=defaults.exchange)
+    for kind in ("rule", "attack", "topology", "partition", "model"):
+        run.add_argument(f"--{kind}-arg", action="append", default=[], metavar="KEY=VALUE",
+                         help=f"a {kind} parameter (repeatable)")
+    run.add_argument("--out", help="results folder (default: results/<names>-<time>)")
+    run.add_argument("--compare", default="gossip",
+                     help="also run this rule under the same attack and print both "
+                          "(default gossip; 'none' to skip)")
+    run.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per node")
+    run.add_argument("--num-gpus", type=float, default=0.0,
+                     help="Ray GPUs per node (fractions share a GPU)")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from flwr_tempered.aggregators import rule_class
+    from flwr_tempered.attacks import attack_class
+    from flwr_tempered.experiments.results import read_metrics
+    from flwr_tempered.experiments.simulate import print_progress, simulate
+    from flwr_tempered.node import RunConfig
+    from flwr_tempered.runtime.server import default_results_folder
+
+    rule_class(args.rule)
+    if args.attack != "none":
+        attack_class(args.attack)
+    config = RunConfig(
+        topology=args.topology, topology_args=parse_key_values(args.topology_arg, "--topology-arg"),
+        nodes=args.nodes, byzantine=args.byzantine, rule=args.rule,
+        rule_args=parse_key_values(args.rule_arg, "--rule-arg"), attack=args.attack,
+        attack_args=parse_key_values(args.attack_arg, "--attack-arg"), dataset=args.dataset,
+        partition=args.partition,
+        partition_args=parse_key_values(args.partition_arg, "--partition-arg"),
+        model=args.model, model_args=parse_key_values(args.model_arg, "--model-arg"),
+        rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
+        lr=args.lr, eval_every=args.eval_every, seed=args.seed, exchange=args.exchange,
+    )
+    _check_buildable(config)
+    out = Path(args.out) if args.out else default_results_folder(config)
+    runs = {config.rule: (config, out)}
+    if args.compare not in ("none", config.rule):
+        rule_class(args.compare)
+        compare = replace(config, rule=args.compare, rule_args={})
+        runs[args.compare] = (compare, out.parent / f"{out.name}-{args.compare}")
+    finals = {}
+    for name, (run_config, folder) in runs.items():
+        print(f"== rule {name}: {run_config.nodes} nodes on {run_config.topology}, "
+              f"{run_config.byzantine} Byzantine ({run_config.attack}), "
+              f"{run_config.rounds} rounds -> {folder}", file=sys.stderr, flush=True)
+        simulate(run_config, folder, progress=print_progress,
+                 num_cpus_per_node=args.num_cpus, num_gpus_per_node=args.num_gpus)
+        finals[name] = read_metrics(folder)[-1]
+    _print_summary(finals, runs)
+
+
+def _check_buildable(config: Any) -> None:
+    """Fail before starting Flower if a name or parameter is wrong."""
+    from flwr_tempered.aggregators import get_rule
+    from flwr_tempered.attacks import get_attack
+    from flwr_tempered.data import available_datasets
+    from flwr_tempered.node import topology_of
+
+    topology_of(config)
+    args = dict(config.rule_args)
+    if config.rule == "balance":
+        args.setdefault("total_rounds", config.rounds)
+    if config.rule != "mozi":
+        get_rule(config.rule, **args)
+    if config.attack != "none":
+        get_attack(config.attack, **config.attack_args)
+    if config.dataset not in available_datasets():
+        raise ValueError(f"unknown dataset {config.dataset!r}; available datasets: "
+                         f"{', '.join(available_datasets())}")
+
+
+def _print_summary(finals: dict[str, dict[str, Any]], runs: dict[str, Any]) -> None:
+    def shown(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    keys = ["accuracy_mean", "accuracy_min", "accuracy_avg_model", "consensus_distance",
+            "dropped_nodes", "rule_acceptance_rate", "rejected_malformed",
+            "rule_rejected_nonfinite"]
+    names = list(finals)
+    print()
+    print(f"{'final round':<26}" + "".join(f"{n:>16}" for n in names))
+    for key in keys:
+        if any(key in finals[n] for n in names):
+            print(f"{key:<26}" + "".join(f"{shown(finals[n].get(key)):>16}" for n in names))
+    for name in names:
+        print(f"results ({name}): {runs[name][1]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flwr-tempered``."""
     parser = argparse.ArgumentParser(
@@ -113,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Byzantine-robust decentralized federated learning on Flower.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(commands)
     listing = commands.add_parser("list", help="print the available rules, attacks, topologies")
     listing.add_argument(
         "what", nargs="*", metavar="SECTION",
@@ -140,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}"
                 )
             _print_catalogue(args.what or list(SECTIONS))
+        elif args.command == "run":
+            _run(args)
         elif args.command == "topology":
             params = parse_key_values(args.topology_arg, "--topology-arg")
             _describe_topology(args.name, params, args.plot)

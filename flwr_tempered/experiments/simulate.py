@@ -1,0 +1,59 @@
+"""Run a decentralized training in-process through ``flwr.simulation.run_simulation``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from flwr_tempered.node import RunConfig
+from flwr_tempered.runtime import make_client_app, make_server_app
+from flwr_tempered.runtime.server import ProgressCallback
+
+
+def print_progress(line: dict[str, Any], config: RunConfig) -> None:
+    """One progress line per evaluated round, with a bar of the rounds done."""
+    done = line["round"] / config.rounds
+    bar = "#" * int(done * 20)
+    mean, worst = line.get("accuracy_mean"), line.get("accuracy_min")
+    shown = f"{mean:.3f} (worst {worst:.3f})" if mean is not None and worst is not None else "-"
+    extra = ""
+    for key in ("rule_acceptance_rate", "consensus_distance"):
+        if line.get(key) is not None:
+            extra += f"  {key.removeprefix('rule_')} {line[key]:.3g}"
+    print(f"[{bar:<20}] round {line['round']:>4}/{config.rounds}  honest accuracy {shown}"
+          f"{extra}", file=sys.stderr, flush=True)
+
+
+def simulate(config: RunConfig, out: str | Path, *, progress: ProgressCallback | None = None,
+             num_cpus_per_node: float = 1.0, num_gpus_per_node: float = 0.0,
+             quiet: bool = True) -> Path:
+    """Run ``config`` with one simulated Flower SuperNode per topology node; return the
+    results folder. ``num_cpus_per_node``/``num_gpus_per_node`` become Ray's
+    ``client_resources`` (fractions allowed: 0.25 GPU lets four nodes share one GPU)."""
+    from flwr.simulation import run_simulation
+
+    from flwr_tempered.node import topology_of
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    n = topology_of(config).n
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": num_cpus_per_node, "num_gpus": num_gpus_per_node},
+        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
+    }
+    flower_logger = logging.getLogger("flwr")
+    previous_level = flower_logger.level
+    if quiet:
+        flower_logger.setLevel(logging.ERROR)
+    try:
+        run_simulation(
+            server_app=make_server_app(config, out, progress),
+            client_app=make_client_app(config),
+            num_supernodes=n,
+            backend_config=backend_config,
+        )
+    finally:
+        flower_logger.setLevel(previous_level)
+    return Path(out)

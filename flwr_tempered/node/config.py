@@ -1,0 +1,95 @@
+"""The resolved configuration of a decentralized run, shared by every participant.
+
+Every node rebuilds the same world from it (topology, its data partition, its rule or
+attack, the model), so messages carry only what changes per round: digests of models.
+It travels as a Flower run config (flat keys; parameter dicts as JSON strings) and is
+written as JSON into the run's results folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a decentralized run does. Defaults are the embedded default run."""
+
+    topology: str = "erdos_renyi"
+    topology_args: Mapping[str, Any] = field(default_factory=lambda: {"p": 0.3})
+    nodes: int = 16
+    byzantine: int = 3
+    rule: str = "balance"
+    rule_args: Mapping[str, Any] = field(default_factory=dict)
+    attack: str = "alie"
+    attack_args: Mapping[str, Any] = field(default_factory=dict)
+    dataset: str = "mnist-5k"
+    partition: str = "iid"
+    partition_args: Mapping[str, Any] = field(default_factory=dict)
+    model: str = "small_cnn"
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    rounds: int = 30
+    local_steps: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    eval_every: int = 5
+    seed: int = 0
+    exchange: str = "shared"
+    round_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "rounds", "local_steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.byzantine, int) or not 0 <= self.byzantine < self.nodes:
+            raise ValueError(
+                f"byzantine must be an integer in [0, nodes - 1] = [0, {self.nodes - 1}], "
+                f"got {self.byzantine!r}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+        if self.exchange not in ("shared", "inline"):
+            raise ValueError(f"exchange must be 'shared' or 'inline', got {self.exchange!r}")
+        if not self.round_timeout > 0:
+            raise ValueError(f"round_timeout must be > 0, got {self.round_timeout!r}")
+
+    # ------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly dictionary (parameter mappings as dicts)."""
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items()}
+
+    def to_flower(self) -> dict[str, int | float | str | bool]:
+        """Flat Flower run config: mappings become JSON strings, keys use dashes."""
+        flat: dict[str, int | float | str | bool] = {}
+        for key, value in self.to_dict().items():
+            flat[key.replace("_", "-")] = json.dumps(value) if isinstance(value, dict) else value
+        return flat
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from a dict or a Flower run config (dashes or underscores; JSON strings
+        for the ``*_args`` mappings). Unknown keys raise ``ValueError`` listing the valid."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                raise ValueError(
+                    f"unknown run config key {raw_key!r}; valid keys: {', '.join(sorted(known))}"
+                )
+            if key.endswith("_args") and isinstance(value, str):
+                try:
+                    value = json.loads(value) if value.strip() else {}
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{raw_key} must be a JSON object: {error}") from None
+            if key.endswith("_args") and not isinstance(value, Mapping):
+                raise ValueError(f"{raw_key} must be a mapping, got {value!r}")
+            kwargs[key] = value
+        return cls(**kwargs)

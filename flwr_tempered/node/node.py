@@ -1,0 +1,239 @@
+"""What one participant does in a round, free of any transport.
+
+An honest node aggregates its own model with what its neighbours sent (a robust rule),
+evaluates, then takes local SGD steps with heavy-ball momentum (reproduction spec §1).
+A Byzantine node trains too (it needs an honest model to disguise itself), then either
+sends that model trained on poisoned data (data poisoning) or crafts one vector per
+recipient from an omniscient view (model poisoning).
+
+Received vectors are screened before any arithmetic: a missing vector, a wrong shape or a
+wrong dtype is rejected and counted (``rejected_malformed``); NaN and Inf are rejected by
+the rule itself (``rejected_nonfinite``). A rejected neighbour's mixing weight stays on
+the node, as if it had been silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flwr_tempered.aggregators import Rule, get_rule
+from flwr_tempered.attacks import (
+    AttackBase,
+    AttackView,
+    DataPoisoningAttack,
+    ModelPoisoningAttack,
+    TargetView,
+    get_attack,
+)
+from flwr_tempered.training import BatchSampler, SGDConfig, evaluate, local_sgd, loss_on_batch
+
+from .world import World
+
+
+@dataclass
+class NodeState:
+    """What a node keeps between rounds (in simulation: in the ClientApp's context.state)."""
+
+    params: Tensor
+    momentum: Tensor
+    sampler: dict[str, Any] = field(default_factory=dict)
+    rule: dict[str, Any] = field(default_factory=dict)
+    attack: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetInputs:
+    """What a Byzantine node is told about one recipient (models already fetched)."""
+
+    node: int
+    model: np.ndarray
+    honest_neighbors: Sequence[int]
+    honest_models: Sequence[np.ndarray]
+    previous: np.ndarray | None = None
+
+
+def screen(
+    vectors: Sequence[np.ndarray | None], dimension: int, dtype: np.dtype[Any]
+) -> tuple[list[int], list[str]]:
+    """Indices of the acceptable vectors and a reason for each rejected one."""
+    kept: list[int] = []
+    reasons: list[str] = []
+    for index, vector in enumerate(vectors):
+        if vector is None:
+            reasons.append("missing")
+        elif not isinstance(vector, np.ndarray) or vector.shape != (dimension,):
+            shape = getattr(vector, "shape", None)
+            reasons.append(f"shape {shape} != ({dimension},)")
+        elif vector.dtype != dtype:
+            reasons.append(f"dtype {vector.dtype} != {dtype}")
+        else:
+            kept.append(index)
+    return kept, reasons
+
+
+class Node:
+    """One participant of a decentralized run, at topology position ``position``."""
+
+    def __init__(self, position: int, world: World) -> None:
+        config = world.config
+        self.position = position
+        self.world = world
+        self.byzantine = position in world.topology.byzantine
+        self.neighbors = world.topology.neighbors(position)
+        self.sgd = SGDConfig(lr=config.lr, momentum=config.momentum,
+                             batch_size=config.batch_size, local_steps=config.local_steps)
+        indices = torch.from_numpy(world.partitions[position])
+        self.images = world.dataset.train_images[indices]
+        self.labels = world.dataset.train_labels[indices]
+        self.model = world.new_model()
+        self.sampler = BatchSampler(len(indices), config.batch_size,
+                                    seed=config.seed * 100_003 + position)
+        self.rule: Rule | None = None if self.byzantine else self._make_rule()
+        self.attack: AttackBase | None = None
+        if self.byzantine and config.attack != "none":
+            self.attack = get_attack(config.attack, **self._attack_args())
+        initial = world.initial_parameters.clone()
+        self.state = NodeState(params=initial, momentum=torch.zeros_like(initial))
+
+    # ------------------------------------------------------------------ construction
+    def _make_rule(self) -> Rule:
+        args = dict(self.world.config.rule_args)
+        if self.world.config.rule == "balance":
+            args.setdefault("total_rounds", self.world.config.rounds)
+        rule = get_rule(self.world.config.rule, **args)
+        if hasattr(rule, "bind_loss"):
+            rule.bind_loss(self._local_loss)
+        return rule
+
+    def _attack_args(self) -> dict[str, Any]:
+        args = dict(self.world.config.attack_args)
+        if "seed" in _parameters(self.world.config.attack):
+            args.setdefault("seed", self.world.config.seed * 1_000 + self.position)
+        return args
+
+    # ------------------------------------------------------------------------ state
+    def load_state(self, state: NodeState) -> None:
+        """Resume from what :meth:`save_state` returned in an earlier round."""
+        self.state = state
+        if state.sampler:
+            self.sampler.load_state_dict(state.sampler)
+        if self.rule is not None and state.rule:
+            self.rule.load_state_dict(state.rule)
+        if self.attack is not None and state.attack:
+            self.attack.load_state_dict(state.attack)
+
+    def save_state(self) -> NodeState:
+        """The node's state to persist until the next round."""
+        self.state.sampler = self.sampler.state_dict()
+        if self.rule is not None:
+            self.state.rule = self.rule.state_dict()
+        if self.attack is not None:
+            self.state.attack = self.attack.state_dict()
+        return self.state
+
+    # ------------------------------------------------------------------------ round
+    def mixing_row(self, senders: Sequence[int]) -> Tensor:
+        """Own weight then the senders' weights from the topology's mixing matrix; the
+        weight of neighbours that sent nothing usable stays on the node."""
+        row = self.world.topology.mixing[self.position]
+        neighbour = [float(row[s]) for s in senders]
+        own = 1.0 - sum(neighbour)
+        return torch.tensor([own, *neighbour], dtype=self.state.params.dtype)
+
+    def aggregate(
+        self, senders: Sequence[int], vectors: Sequence[np.ndarray | None], round: int
+    ) -> dict[str, float]:
+        """Aggregate own model with the received vectors (Byzantine nodes keep theirs)."""
+        metrics: dict[str, float] = {"received": float(len(vectors))}
+        if self.byzantine or not vectors:
+            return metrics
+        params = self.state.params
+        kept, reasons = screen(vectors, params.shape[0], np.dtype(str(params.dtype)[6:]))
+        metrics["rejected_malformed"] = float(len(reasons))
+        if not kept:
+            return metrics
+        received = torch.stack([torch.from_numpy(np.asarray(vectors[i])) for i in kept])
+        weights = self.mixing_row([senders[i] for i in kept])
+        assert self.rule is not None
+        self.state.params = self.rule(params, received, weights, round=round)
+        metrics.update({f"rule_{k}": float(v) for k, v in self.rule.stats.items()})
+        return metrics
+
+    def train(self, round: int) -> dict[str, float]:
+        """Local SGD steps from the current model; the result is what the node sends."""
+        transform = None
+        if isinstance(self.attack, DataPoisoningAttack):
+            transform = self.attack.poison
+        params, momentum, loss = local_sgd(
+            self.model, self.state.params, self.state.momentum, self.images, self.labels,
+            self.sampler, self.sgd, transform=transform,
+        )
+        self.state.params, self.state.momentum = params, momentum
+        return {"train_loss": float(loss)}
+
+    def evaluate(self) -> dict[str, float]:
+        """Test accuracy and loss of the node's current model."""
+        dataset = self.world.dataset
+        return evaluate(self.model, self.state.params, dataset.test_images, dataset.test_labels)
+
+    def _local_loss(self, vector: Tensor) -> float:
+        """Loss of ``vector`` on the node's current mini-batch (MOZI's performance check)."""
+        batch = self.sampler.peek_batch() if hasattr(self.sampler, "peek_batch") else None
+        if batch is None:
+            batch = torch.arange(min(len(self.labels), self.sgd.batch_size))
+        return loss_on_batch(self.model, vector, self.images[batch], self.labels[batch])
+
+    # ---------------------------------------------------------------------- attacks
+    @property
+    def crafts_vectors(self) -> bool:
+        """Whether this node sends per-recipient vectors (model poisoning)."""
+        return isinstance(self.attack, ModelPoisoningAttack)
+
+    def craft(self, targets: Sequence[TargetInputs], round: int) -> list[np.ndarray]:
+        """One vector per target, from the omniscient view the relay provided."""
+        assert isinstance(self.attack, ModelPoisoningAttack)
+        topology = self.world.topology
+        dtype = self.state.params.dtype
+        views = []
+        for target in targets:
+            row = topology.mixing[target.node]
+            byzantine = topology.byzantine_neighbors(target.node)
+            honest_models = (
+                torch.stack([torch.from_numpy(m).to(dtype) for m in target.honest_models])
+                if target.honest_models else torch.zeros(0, self.state.params.shape[0], dtype=dtype)
+            )
+            views.append(TargetView(
+                node=target.node,
+                model=torch.from_numpy(target.model).to(dtype),
+                honest_neighbors=honest_models,
+                honest_weights=torch.tensor([row[j] for j in target.honest_neighbors], dtype=dtype),
+                byzantine_weight=float(sum(row[k] for k in byzantine)),
+                n_byzantine=len(byzantine),
+                self_weight=float(row[target.node]),
+                previous=None if target.previous is None
+                else torch.from_numpy(target.previous).to(dtype),
+                rule=self._target_rule(),
+            ))
+        view = AttackView(own=self.state.params, targets=views, round=round,
+                          total_rounds=self.world.config.rounds)
+        crafted = self.attack(view)
+        return [row.detach().numpy().copy() for row in crafted]
+
+    def _target_rule(self) -> Rule | None:
+        """The honest nodes' rule (the adversary is omniscient: it knows the config)."""
+        try:
+            return self._make_rule()
+        except ValueError:
+            return None
+
+
+def _parameters(attack: str) -> Mapping[str, Any]:
+    from flwr_tempered.attacks import attack_parameters
+
+    return attack_parameters(attack)

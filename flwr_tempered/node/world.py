@@ -1,0 +1,93 @@
+"""The shared, deterministic world of a run: topology, data partitions, model, start point.
+
+Every participant rebuilds it from the :class:`RunConfig` alone, so nothing but model
+digests needs to travel. Built once per process and cached: in simulation one Ray worker
+serves many nodes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+from flwr_tempered.data import Dataset, load_dataset, partition
+from flwr_tempered.models import build_model, flatten_parameters
+from flwr_tempered.topology import Topology, get_topology, topology_factory
+
+from .config import RunConfig
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything a node needs that is the same for all nodes of a run."""
+
+    config: RunConfig
+    topology: Topology
+    dataset: Dataset
+    partitions: tuple[np.ndarray, ...]
+    initial_parameters: torch.Tensor
+
+    def new_model(self) -> nn.Module:
+        """A fresh instance of the run's model architecture (parameters are overwritten
+        from flat vectors before use)."""
+        return build_model(self.config.model, seed=self.config.seed, **self._model_args())
+
+    def _model_args(self) -> dict[str, object]:
+        args = dict(self.config.model_args)
+        if self.config.model == "small_cnn":
+            channels, size = self.dataset.input_shape[0], self.dataset.input_shape[-1]
+            args.setdefault("in_channels", channels)
+            args.setdefault("image_size", size)
+            args.setdefault("num_classes", self.dataset.num_classes)
+        elif self.config.model == "logistic_regression":
+            args.setdefault("in_features", int(np.prod(self.dataset.input_shape)))
+            args.setdefault("num_classes", self.dataset.num_classes)
+        else:
+            args.setdefault("num_classes", self.dataset.num_classes)
+        return args
+
+
+def topology_of(config: RunConfig) -> Topology:
+    """The run's topology: ``nodes`` and ``byzantine`` fill in the generic constructors'
+    ``n`` and ``byzantine`` unless the topology arguments say otherwise."""
+    args = dict(config.topology_args)
+    accepted = inspect.signature(topology_factory(config.topology)).parameters
+    if "n" in accepted:
+        args.setdefault("n", config.nodes)
+    if "byzantine" in accepted:
+        args.setdefault("byzantine", config.byzantine)
+    if "seed" in accepted:
+        args.setdefault("seed", config.seed)
+    topology = get_topology(config.topology, **args)
+    return topology
+
+
+def _partitions(config: RunConfig, topology: Topology, dataset: Dataset) -> tuple[np.ndarray, ...]:
+    args = dict(config.partition_args)
+    if config.partition == "clique":
+        args.setdefault("groups", {k: v for k, v in topology.groups.items() if k != "all"})
+    labels = dataset.train_labels.numpy()
+    parts = partition(config.partition, labels, topology.n, seed=config.seed, **args)
+    return tuple(np.asarray(p, dtype=np.int64) for p in parts)
+
+
+@lru_cache(maxsize=4)
+def _cached_world(config_json: str) -> World:
+    config = RunConfig.from_mapping(json.loads(config_json))
+    topology = topology_of(config)
+    dataset = load_dataset(config.dataset, seed=config.seed)
+    parts = _partitions(config, topology, dataset)
+    world = World(config, topology, dataset, parts, torch.empty(0))
+    initial = flatten_parameters(world.new_model())
+    return World(config, topology, dataset, parts, initial)
+
+
+def build_world(config: RunConfig) -> World:
+    """The (cached) world of ``config``."""
+    return _cached_world(json.dumps(config.to_dict(), sort_keys=True))

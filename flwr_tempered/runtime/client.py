@@ -1,0 +1,176 @@
+"""The ClientApp side of the decentralized runtime: a node answering the relay.
+
+Each handler rebuilds the node from the run config (cached per process), resumes its
+state from ``context.state``, does its part of the round and saves its state again. A
+failure inside a handler becomes an error reply: the relay counts the node as dropped for
+that round and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flwr_tempered.node import Node, RunConfig, TargetInputs, build_world
+from flwr_tempered.training import evaluate
+
+from .exchange import ExchangeError, ModelExchange, SharedMemoryExchange, make_exchange
+from .protocol import INSTRUCTIONS, METRICS, REPORT
+from .state import load_node_state, save_node_state
+
+#: Run-config keys that configure the harness, not the run itself.
+HARNESS_KEYS = ("out", "store")
+
+
+def run_config_of(context: Context) -> RunConfig:
+    """The :class:`RunConfig` carried by a Flower run config (harness keys ignored)."""
+    values = {k: v for k, v in context.run_config.items() if k not in HARNESS_KEYS}
+    return RunConfig.from_mapping(values)
+
+
+def _instructions(message: Message) -> dict[str, Any]:
+    record = message.content[INSTRUCTIONS]
+    assert isinstance(record, ConfigRecord)
+    return json.loads(str(record["json"]))
+
+
+def _exchange(config: RunConfig, instructions: dict[str, Any]) -> ModelExchange:
+    if config.exchange == "shared":
+        return SharedMemoryExchange(instructions["store"])
+    return make_exchange(config.exchange, run_name="inline")
+
+
+def _fetch(exchange: ModelExchange, digest: str, message: Message) -> np.ndarray | None:
+    try:
+        return exchange.fetch(digest, message.content)
+    except ExchangeError:
+        return None
+
+
+def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
+           outbox: RecordDict | None = None) -> Message:
+    content = outbox if outbox is not None else RecordDict()
+    content[REPORT] = ConfigRecord({"json": json.dumps(report)})
+    content[METRICS] = MetricRecord({k: float(v) for k, v in metrics.items()})
+    return Message(content, reply_to=message)
+
+
+def handle_hello(message: Message, context: Context, config: RunConfig) -> Message:
+    """Tell the relay which data partition (topology position) this node holds."""
+    partition = context.node_config.get("partition-id", -1)
+    return _reply(message, {"partition_id": int(partition)}, {})
+
+
+def handle_train(message: Message, context: Context, config: RunConfig) -> Message:
+    """Aggregate the vectors named in the message, evaluate if asked, train, publish."""
+    instructions = _instructions(message)
+    world = build_world(config)
+    node = Node(int(instructions["position"]), world)
+    state = load_node_state(context.state)
+    if state is not None:
+        node.load_state(state)
+    exchange = _exchange(config, instructions)
+    outbox = RecordDict()
+    round_ = int(instructions["round"])
+    senders = [int(s) for s in instructions["senders"]]
+    vectors = [_fetch(exchange, d, message) for d in instructions["digests"]]
+    metrics = node.aggregate(senders, vectors, round_)
+    report: dict[str, Any] = {"position": node.position}
+    if instructions.get("publish_model") and not node.byzantine:
+        report["model"] = exchange.publish(node.state.params.numpy(), outbox)
+    if instructions.get("evaluate") and not node.byzantine:
+        metrics.update(node.evaluate())
+    if instructions.get("train"):
+        metrics.update(node.train(round_))
+        report["half"] = exchange.publish(node.state.params.numpy(), outbox)
+    save_node_state(node.save_state(), context.state)
+    return _reply(message, report, metrics, outbox)
+
+
+def handle_attack(message: Message, context: Context, config: RunConfig) -> Message:
+    """Craft one vector per recipient from the omniscient view the relay describes."""
+    instructions = _instructions(message)
+    node = Node(int(instructions["position"]), build_world(config))
+    state = load_node_state(context.state)
+    if state is not None:
+        node.load_state(state)
+    exchange = _exchange(config, instructions)
+    targets = []
+    for spec in instructions["targets"]:
+        model = _fetch(exchange, spec["model"], message)
+        fetched = [(j, _fetch(exchange, d, message)) for j, d in spec["honest"]]
+        honest = [(j, m) for j, m in fetched if m is not None]
+        previous = _fetch(exchange, spec["previous"], message) if spec.get("previous") else None
+        if model is None:
+            continue
+        targets.append(TargetInputs(
+            node=int(spec["node"]), model=model, honest_neighbors=[j for j, _ in honest],
+            honest_models=[m for _, m in honest], previous=previous,
+        ))
+    outbox = RecordDict()
+    vectors = node.craft(targets, int(instructions["round"])) if targets else []
+    sent = {str(t.node): exchange.publish(v, outbox) for t, v in zip(targets, vectors, strict=True)}
+    save_node_state(node.save_state(), context.state)
+    return _reply(message, {"sent": sent}, dict(node.attack.stats if node.attack else {}), outbox)
+
+
+def handle_audit(message: Message, context: Context, config: RunConfig) -> Message:
+    """Average the honest models (overall and per group), evaluate the averages, and
+    measure the consensus distance (mean squared distance to the average)."""
+    instructions = _instructions(message)
+    world = build_world(config)
+    exchange = _exchange(config, instructions)
+    models: dict[int, torch.Tensor] = {}
+    for position, digest in instructions["models"]:
+        array = _fetch(exchange, digest, message)
+        if array is not None:
+            models[int(position)] = torch.from_numpy(array)
+    metrics: dict[str, float] = {"audited_models": float(len(models))}
+    if models:
+        stacked = torch.stack(list(models.values()))
+        average = stacked.mean(dim=0)
+        metrics["consensus_distance"] = float(((stacked - average) ** 2).sum(dim=1).mean())
+        model = world.new_model()
+        dataset = world.dataset
+        for group, members in world.topology.groups.items():
+            present = [models[m] for m in members if m in models]
+            if not present:
+                continue
+            group_average = torch.stack(present).mean(dim=0)
+            result = evaluate(model, group_average, dataset.test_images, dataset.test_labels)
+            suffix = "" if group == "all" else "_" + group.replace(" ", "_")
+            metrics[f"accuracy_avg_model{suffix}"] = result["accuracy"]
+    return _reply(message, {}, metrics)
+
+
+def make_client_app(config: RunConfig | None = None) -> ClientApp:
+    """The ClientApp of the decentralized runtime. With ``config`` the run is fixed (the
+    command line, tests; ``run_simulation`` passes no run config); without, each
+    message's Flower run config decides (``flwr run``)."""
+    app = ClientApp()
+
+    def resolve(context: Context) -> RunConfig:
+        return config if config is not None else run_config_of(context)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        return handle_train(message, context, resolve(context))
+
+    @app.query("hello")
+    def hello(message: Message, context: Context) -> Message:
+        return handle_hello(message, context, resolve(context))
+
+    @app.query("attack")
+    def attack(message: Message, context: Context) -> Message:
+        return handle_attack(message, context, resolve(context))
+
+    @app.query("audit")
+    def audit(message: Message, context: Context) -> Message:
+        return handle_audit(message, context, resolve(context))
+
+    return app

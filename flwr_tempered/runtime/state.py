@@ -1,0 +1,80 @@
+"""A node's state in Flower records, so it survives between rounds in ``context.state``.
+
+Tensors (model, momentum, a rule's centre, a generator's state) go into one ``ArrayRecord``;
+everything else into a ``ConfigRecord`` as JSON. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from flwr_tempered.node import NodeState
+
+ARRAYS_KEY = "tempered.arrays"
+SCALARS_KEY = "tempered.scalars"
+_SECTIONS = ("sampler", "rule", "attack")
+
+
+def _split(prefix: str, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    scalars: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            arrays[f"{prefix}.{key}"] = value.detach().cpu().numpy()
+            scalars[key] = {"__tensor__": str(value.dtype)}
+        elif isinstance(value, np.ndarray):
+            arrays[f"{prefix}.{key}"] = value
+            scalars[key] = {"__array__": True}
+        else:
+            scalars[key] = value
+    return scalars
+
+
+def _join(prefix: str, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in scalars.items():
+        if isinstance(value, dict) and "__tensor__" in value:
+            values[key] = torch.from_numpy(np.array(arrays[f"{prefix}.{key}"]))
+        elif isinstance(value, dict) and "__array__" in value:
+            values[key] = np.array(arrays[f"{prefix}.{key}"])
+        else:
+            values[key] = value
+    return values
+
+
+def save_node_state(state: NodeState, records: RecordDict) -> None:
+    """Write ``state`` into ``records`` (a ClientApp's ``context.state``)."""
+    arrays: dict[str, np.ndarray] = {
+        "params": state.params.detach().cpu().numpy(),
+        "momentum": state.momentum.detach().cpu().numpy(),
+    }
+    scalars = {name: _split(name, getattr(state, name), arrays) for name in _SECTIONS}
+    records[ARRAYS_KEY] = _array_record(arrays)
+    records[SCALARS_KEY] = ConfigRecord({"json": json.dumps(scalars)})
+
+
+def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    from flwr.app import Array
+
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def load_node_state(records: RecordDict) -> NodeState | None:
+    """The state saved by :func:`save_node_state`, or ``None`` on a node's first round."""
+    if ARRAYS_KEY not in records or SCALARS_KEY not in records:
+        return None
+    record = records[ARRAYS_KEY]
+    assert isinstance(record, ArrayRecord)
+    arrays = {key: record[key].numpy() for key in record}
+    scalars_record = records[SCALARS_KEY]
+    assert isinstance(scalars_record, ConfigRecord)
+    scalars = json.loads(str(scalars_record["json"]))
+    return NodeState(
+        params=torch.from_numpy(np.array(arrays["params"])),
+        momentum=torch.from_numpy(np.array(arrays["momentum"])),
+        **{name: _join(name, scalars[name], arrays) for name in _SECTIONS},
+    )

@@ -1,0 +1,290 @@
+"""The decentralized strategy: rounds of neighbour exchange over a Flower ``Grid``.
+
+Like Flower's ``Strategy.start``, :meth:`DecentralizedStrategy.start` drives the whole run
+from the ServerApp, but the ServerApp here is only a relay: it tells each node which
+models (by digest) its neighbours sent it, forwards model-poisoning nodes the view they
+ask for, and keeps nothing but digests. It never averages and never evaluates a model;
+one honest node is asked to audit the honest models (average accuracy, consensus
+distance) on evaluation rounds.
+
+Omniscient attacks get their view through the relay: a Byzantine node is sent the
+digests of its targets' models and of their honest neighbours' models, and reads them
+from the exchange. This models the worst-case adversary of the robustness literature
+(it knows every honest model before choosing what to send); a real deployment leaks less.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
+from flwr_tempered.digest import is_digest
+from flwr_tempered.node import RunConfig, topology_of
+from flwr_tempered.runtime.exchange import InlineExchange, ModelExchange
+from flwr_tempered.runtime.protocol import (
+    ATTACK,
+    AUDIT,
+    HELLO,
+    INSTRUCTIONS,
+    METRICS,
+    REPORT,
+    TRAIN,
+)
+
+#: How long to wait for the expected nodes to appear after start.
+NODE_WAIT_SECONDS = 60.0
+
+MetricsCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _Reply:
+    position: int
+    report: dict[str, Any]
+    metrics: dict[str, float]
+    content: RecordDict
+
+
+@dataclass
+class RoundLog:
+    """What the relay saw in one exchange (for metrics and timing)."""
+
+    replies: dict[int, _Reply] = field(default_factory=dict)
+    dropped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _digests_in(value: Any) -> set[str]:
+    """Every model digest mentioned anywhere in a (JSON-like) instruction."""
+    if isinstance(value, str):
+        return {value} if is_digest(value) else set()
+    if isinstance(value, dict):
+        return set().union(*(_digests_in(v) for v in value.values())) if value else set()
+    if isinstance(value, list | tuple):
+        return set().union(*(_digests_in(v) for v in value)) if value else set()
+    return set()
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    items = list(values)
+    return sum(items) / len(items) if items else None
+
+
+class DecentralizedStrategy:
+    """Run ``config`` as a decentralized training over the nodes of a Flower ``Grid``."""
+
+    def __init__(self, config: RunConfig, on_metrics: MetricsCallback | None = None,
+                 exchange: ModelExchange | None = None) -> None:
+        self.config = config
+        self.exchange = exchange if exchange is not None else InlineExchange()
+        self.topology = topology_of(config)
+        self.on_metrics = on_metrics
+        attack = config.attack
+        self.model_poisoning = (
+            config.byzantine > 0 and attack != "none"
+            and issubclass(attack_class(attack), ModelPoisoningAttack)
+        )
+        self.attack_needs_previous = self.model_poisoning and bool(
+            getattr(attack_class(attack), "uses_previous", False)
+        )
+        self.history: list[dict[str, Any]] = []
+        self._published: set[str] = set()
+        self.timings: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------- messaging
+    def _send(self, grid: Grid, kind: str, payloads: dict[int, dict[str, Any]],
+              node_ids: dict[int, int], mailbox: dict[str, ArrayRecord] | None = None) -> RoundLog:
+        """Send each position its instructions; collect the replies (bounded wait)."""
+        start = time.perf_counter()
+        messages = []
+        for position, instructions in payloads.items():
+            content = RecordDict({INSTRUCTIONS: ConfigRecord({"json": json.dumps(instructions)})})
+            if mailbox is not None:
+                self.exchange.attach(_digests_in(instructions), mailbox, content)
+            messages.append(Message(content, dst_node_id=node_ids[position], message_type=kind))
+        by_node = {v: k for k, v in node_ids.items()}
+        log = RoundLog()
+        for reply in grid.send_and_receive(messages, timeout=self.config.round_timeout):
+            sender = by_node.get(reply.metadata.src_node_id)
+            if sender is None or reply.has_error() or not reply.has_content():
+                continue
+            report_record = reply.content.get(REPORT)
+            metric_record = reply.content.get(METRICS)
+            if not isinstance(report_record, ConfigRecord) or not isinstance(
+                metric_record, MetricRecord
+            ):
+                continue
+            report = json.loads(str(report_record["json"]))
+            metrics = {k: float(v) for k, v in metric_record.items()
+                       if isinstance(v, int | float)}
+            log.replies[sender] = _Reply(sender, report, metrics, reply.content)
+            if mailbox is not None:
+                self.exchange.collect(reply.content, mailbox)
+        log.dropped = sorted(set(payloads) - set(log.replies))
+        log.seconds = time.perf_counter() - start
+        return log
+
+    def _discover(self, grid: Grid) -> dict[int, int]:
+        """Map topology positions to node ids: wait (bounded) for the expected number of
+        nodes, then ask each for its partition id (position); sorted ids otherwise."""
+        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        node_ids: list[int] = []
+        while time.monotonic() < deadline:
+            node_ids = sorted(grid.get_node_ids())
+            if len(node_ids) >= self.topology.n:
+                break
+            time.sleep(0.2)
+        if len(node_ids) < self.topology.n:
+            raise RuntimeError(
+                f"only {len(node_ids)} of the {self.topology.n} nodes the topology needs "
+                f"connected within {NODE_WAIT_SECONDS:.0f} s"
+            )
+        provisional = dict(enumerate(node_ids[: self.topology.n]))
+        log = self._send(grid, HELLO, {p: {} for p in provisional}, provisional)
+        claimed = {r.report.get("partition_id", -1): provisional[p] for p, r in log.replies.items()}
+        if set(claimed) == set(range(self.topology.n)):
+            return {int(p): claimed[p] for p in claimed}
+        return provisional
+
+    # ------------------------------------------------------------------------ run
+    def start(self, grid: Grid, store: str | None = None) -> list[dict[str, Any]]:
+        """Run every round; returns the metrics lines (also passed to ``on_metrics``)."""
+        config, topology = self.config, self.topology
+        node_ids = self._discover(grid)
+        honest = [p for p in range(topology.n) if p not in topology.byzantine]
+        inputs: dict[int, list[tuple[int, str]]] = {p: [] for p in range(topology.n)}
+        mailbox: dict[str, ArrayRecord] = {}
+        for message_round in range(1, config.rounds + 2):
+            t = message_round - 1  # the round whose vectors get aggregated now
+            evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
+            train = message_round <= config.rounds
+            publish_model = evaluate or self.attack_needs_previous
+            payloads = {
+                p: {
+                    "round": t, "position": p, "store": store, "train": train,
+                    "evaluate": evaluate, "publish_model": publish_model,
+                    "senders": [s for s, _ in inputs[p]], "digests": [d for _, d in inputs[p]],
+                }
+                for p in range(topology.n)
+            }
+            start = time.perf_counter()
+            log = self._send(grid, TRAIN, payloads, node_ids, mailbox)
+            half = {p: r.report["half"] for p, r in log.replies.items() if "half" in r.report}
+            models = {p: r.report["model"] for p, r in log.replies.items() if "model" in r.report}
+            audit: dict[str, float] = {}
+            if evaluate:
+                audit = self._audit(grid, node_ids, store, models, honest, log, mailbox)
+            crafted: dict[int, dict[str, str]] = {}
+            attack_seconds = 0.0
+            if train and self.model_poisoning:
+                attack_log = self._attack(grid, node_ids, store, half, models, mailbox, t + 1)
+                attack_seconds = attack_log.seconds
+                crafted = {p: r.report.get("sent", {}) for p, r in attack_log.replies.items()}
+            inputs = self._next_inputs(half, crafted)
+            self._published |= set(half.values()) | set(models.values())
+            self._published |= {d for sent in crafted.values() for d in sent.values()}
+            self._forget_all_but(inputs, mailbox)
+            self.timings.append({"round": float(t), "train_exchange_s": log.seconds,
+                                 "attack_s": attack_seconds,
+                                 "total_s": time.perf_counter() - start})
+            if evaluate:
+                line = self._metrics_line(t, log, audit, honest)
+                self.history.append(line)
+                if self.on_metrics is not None:
+                    self.on_metrics(line)
+            if not train:
+                break
+        return self.history
+
+    def _forget_all_but(self, inputs: dict[int, list[tuple[int, str]]],
+                        mailbox: dict[str, ArrayRecord]) -> None:
+        """Drop every model the next round does not need, from the relay's mailbox
+        (inline) and from the store (shared)."""
+        needed = {digest for pairs in inputs.values() for _, digest in pairs}
+        for digest in [d for d in mailbox if d not in needed]:
+            del mailbox[digest]
+        for digest in self._published - needed:
+            self.exchange.discard(digest)
+        self._published = set(needed)
+
+    def _audit(self, grid: Grid, node_ids: dict[int, int], store: str | None,
+               models: dict[int, str], honest: list[int], log: RoundLog,
+               mailbox: dict[str, ArrayRecord]) -> dict[str, float]:
+        auditors = [p for p in honest if p in log.replies]
+        if not auditors or not models:
+            return {}
+        payload = {"position": auditors[0], "store": store,
+                   "models": sorted((p, d) for p, d in models.items() if p in honest)}
+        audit_log = self._send(grid, AUDIT, {auditors[0]: payload}, node_ids, mailbox)
+        reply = audit_log.replies.get(auditors[0])
+        return reply.metrics if reply else {}
+
+    def _attack(self, grid: Grid, node_ids: dict[int, int], store: str | None,
+                half: dict[int, str], models: dict[int, str], mailbox: dict[str, ArrayRecord],
+                round_: int) -> RoundLog:
+        topology = self.topology
+        payloads = {}
+        for attacker in sorted(topology.byzantine):
+            targets = []
+            for target in topology.neighbors(attacker):
+                if target in topology.byzantine or target not in half:
+                    continue
+                targets.append({
+                    "node": target, "model": half[target],
+                    "honest": [(j, half[j]) for j in topology.honest_neighbors(target)
+                               if j in half],
+                    "previous": models.get(target, ""),
+                })
+            payloads[attacker] = {"position": attacker, "round": round_, "store": store,
+                                  "targets": targets}
+        return self._send(grid, ATTACK, payloads, node_ids, mailbox)
+
+    def _next_inputs(self, half: dict[int, str], crafted: dict[int, dict[str, str]]
+                     ) -> dict[int, list[tuple[int, str]]]:
+        """For every node, the (sender, digest) pairs to aggregate next round."""
+        topology = self.topology
+        inputs: dict[int, list[tuple[int, str]]] = {}
+        for p in range(topology.n):
+            pairs = []
+            for q in topology.neighbors(p):
+                if q in topology.byzantine and self.model_poisoning:
+                    digest = crafted.get(q, {}).get(str(p))
+                else:
+                    digest = half.get(q)
+                if digest is not None:
+                    pairs.append((q, digest))
+            inputs[p] = pairs
+        return inputs
+
+    def _metrics_line(self, t: int, log: RoundLog, audit: dict[str, float],
+                      honest: list[int]) -> dict[str, Any]:
+        replies = [log.replies[p] for p in honest if p in log.replies]
+        accuracies = [r.metrics["accuracy"] for r in replies if "accuracy" in r.metrics]
+        line: dict[str, Any] = {
+            "round": t,
+            "accuracy_mean": _mean(accuracies),
+            "accuracy_min": min(accuracies) if accuracies else None,
+            "dropped_nodes": len(log.dropped),
+            "dropped": log.dropped,
+        }
+        for group, members in self.topology.groups.items():
+            if group == "all":
+                continue
+            values = [log.replies[p].metrics["accuracy"] for p in members
+                      if p in log.replies and "accuracy" in log.replies[p].metrics]
+            line[f"accuracy_mean_{group.replace(' ', '_')}"] = _mean(values)
+        line.update({k: v for k, v in audit.items() if k != "audited_models"})
+        keys = sorted({k for r in replies for k in r.metrics
+                       if k.startswith(("rule_", "rejected_", "train_loss"))})
+        for key in keys:
+            values = [r.metrics[key] for r in replies if key in r.metrics]
+            total = key.startswith(("rejected_", "rule_rejected_"))
+            line[key] = sum(values) if total else _mean(values)
+        return line
