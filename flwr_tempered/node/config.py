@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+#: The faults :attr:`RunConfig.faults` can inject.
+FAULT_KINDS = ("nan", "inf", "shape", "dtype", "empty", "raise", "timeout")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -40,6 +43,10 @@ class RunConfig:
     seed: int = 0
     exchange: str = "shared"
     round_timeout: float = 120.0
+    #: Fault injection for robustness tests: position -> {"kind": ..., "rounds": [...]}.
+    #: Kinds: nan, inf, shape, dtype, empty (what the node publishes is corrupted),
+    #: raise (the node's handler raises), timeout (it answers after the round timeout).
+    faults: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("nodes", "rounds", "local_steps", "batch_size", "eval_every"):
@@ -59,6 +66,21 @@ class RunConfig:
             raise ValueError(f"exchange must be 'shared' or 'inline', got {self.exchange!r}")
         if not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be > 0, got {self.round_timeout!r}")
+        for position, fault in self.faults.items():
+            kind = fault.get("kind") if isinstance(fault, Mapping) else None
+            if kind not in FAULT_KINDS:
+                raise ValueError(
+                    f"fault for node {position}: kind must be one of {', '.join(FAULT_KINDS)}, "
+                    f"got {kind!r}"
+                )
+
+    def fault_at(self, position: int, round: int) -> str | None:
+        """The fault node ``position`` injects in ``round``, if any."""
+        fault = self.faults.get(str(position))
+        if fault is None:
+            return None
+        rounds = fault.get("rounds")
+        return str(fault["kind"]) if rounds is None or round in rounds else None
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:
@@ -84,12 +106,12 @@ class RunConfig:
                 raise ValueError(
                     f"unknown run config key {raw_key!r}; valid keys: {', '.join(sorted(known))}"
                 )
-            if key.endswith("_args") and isinstance(value, str):
+            if (key.endswith("_args") or key == "faults") and isinstance(value, str):
                 try:
                     value = json.loads(value) if value.strip() else {}
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{raw_key} must be a JSON object: {error}") from None
-            if key.endswith("_args") and not isinstance(value, Mapping):
+            if (key.endswith("_args") or key == "faults") and not isinstance(value, Mapping):
                 raise ValueError(f"{raw_key} must be a mapping, got {value!r}")
             kwargs[key] = value
         return cls(**kwargs)

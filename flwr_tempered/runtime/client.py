@@ -9,6 +9,7 @@ that round and the run goes on.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -66,9 +67,33 @@ def handle_hello(message: Message, context: Context, config: RunConfig) -> Messa
     return _reply(message, {"partition_id": int(partition)}, {})
 
 
+def corrupt(vector: np.ndarray, fault: str | None) -> np.ndarray:
+    """What a faulty node publishes instead of ``vector`` (fault injection)."""
+    if fault == "nan":
+        return np.full_like(vector, np.nan)
+    if fault == "inf":
+        return np.full_like(vector, np.inf)
+    if fault == "shape":
+        return vector[:-1].copy()
+    if fault == "dtype":
+        return vector.astype(np.float64 if vector.dtype != np.float64 else np.float32)
+    if fault == "empty":
+        return np.empty(0, dtype=vector.dtype)
+    return vector
+
+
+def _fail_if_asked(fault: str | None, config: RunConfig) -> None:
+    if fault == "raise":
+        raise RuntimeError("injected fault: this node fails this round")
+    if fault == "timeout":
+        time.sleep(config.round_timeout + 2.0)
+
+
 def handle_train(message: Message, context: Context, config: RunConfig) -> Message:
     """Aggregate the vectors named in the message, evaluate if asked, train, publish."""
     instructions = _instructions(message)
+    fault = config.fault_at(int(instructions["position"]), int(instructions["round"]))
+    _fail_if_asked(fault, config)
     world = build_world(config)
     node = Node(int(instructions["position"]), world)
     state = load_node_state(context.state)
@@ -87,7 +112,7 @@ def handle_train(message: Message, context: Context, config: RunConfig) -> Messa
         metrics.update(node.evaluate())
     if instructions.get("train"):
         metrics.update(node.train(round_))
-        report["half"] = exchange.publish(node.state.params.numpy(), outbox)
+        report["half"] = exchange.publish(corrupt(node.state.params.numpy(), fault), outbox)
     save_node_state(node.save_state(), context.state)
     return _reply(message, report, metrics, outbox)
 
@@ -113,7 +138,9 @@ def handle_attack(message: Message, context: Context, config: RunConfig) -> Mess
             honest_models=[m for _, m in honest], previous=previous,
         ))
     outbox = RecordDict()
+    fault = config.fault_at(node.position, int(instructions["round"]))
     vectors = node.craft(targets, int(instructions["round"])) if targets else []
+    vectors = [corrupt(v, fault) for v in vectors]
     sent = {str(t.node): exchange.publish(v, outbox) for t, v in zip(targets, vectors, strict=True)}
     save_node_state(node.save_state(), context.state)
     return _reply(message, {"sent": sent}, dict(node.attack.stats if node.attack else {}), outbox)
