@@ -2,9 +2,20 @@
 
 from .config import RunConfig
 from .node import Node, NodeState, TargetInputs, screen
+from .task import FunctionTask, SupervisedTask, TaskFactory, TrainingTask
 from .world import World, build_world, topology_of
 
 __all__ = [
-    "Node", "NodeState", "RunConfig", "TargetInputs", "World", "build_world", "screen",
+    "FunctionTask",
+    "Node",
+    "NodeState",
+    "RunConfig",
+    "SupervisedTask",
+    "TargetInputs",
+    "TaskFactory",
+    "TrainingTask",
+    "World",
+    "build_world",
+    "screen",
     "topology_of",
 ]

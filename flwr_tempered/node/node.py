@@ -31,8 +31,8 @@ from flwr_tempered.attacks import (
     TargetView,
     get_attack,
 )
-from flwr_tempered.training import BatchSampler, SGDConfig, evaluate, local_sgd, loss_on_batch
 
+from .task import SupervisedTask, TrainingTask
 from .world import World
 
 
@@ -80,25 +80,19 @@ def screen(
 class Node:
     """One participant of a decentralized run, at topology position ``position``."""
 
-    def __init__(self, position: int, world: World) -> None:
+    def __init__(self, position: int, world: World, task: TrainingTask | None = None) -> None:
         config = world.config
         self.position = position
         self.world = world
+        self.task: TrainingTask = task if task is not None else SupervisedTask(world, position)
         self.byzantine = position in world.topology.byzantine
         self.neighbors = world.topology.neighbors(position)
-        self.sgd = SGDConfig(lr=config.lr, momentum=config.momentum,
-                             batch_size=config.batch_size, local_steps=config.local_steps)
-        indices = torch.from_numpy(world.partitions[position])
-        self.images = world.dataset.train_images[indices]
-        self.labels = world.dataset.train_labels[indices]
-        self.model = world.new_model()
-        self.sampler = BatchSampler(len(indices), config.batch_size,
-                                    seed=config.seed * 100_003 + position)
         self.rule: Rule | None = None if self.byzantine else self._make_rule()
         self.attack: AttackBase | None = None
         if self.byzantine and config.attack != "none":
             self.attack = get_attack(config.attack, **self._attack_args())
-        initial = world.initial_parameters.clone()
+        self._honest_rule: Rule | None = None
+        initial = self.task.initial_parameters()
         self.state = NodeState(params=initial, momentum=torch.zeros_like(initial))
 
     # ------------------------------------------------------------------ construction
@@ -108,7 +102,7 @@ class Node:
             args.setdefault("total_rounds", self.world.config.rounds)
         rule = get_rule(self.world.config.rule, **args)
         if hasattr(rule, "bind_loss"):
-            rule.bind_loss(self._local_loss)
+            rule.bind_loss(self.task.loss)
         return rule
 
     def _attack_args(self) -> dict[str, Any]:
@@ -121,8 +115,7 @@ class Node:
     def load_state(self, state: NodeState) -> None:
         """Resume from what :meth:`save_state` returned in an earlier round."""
         self.state = state
-        if state.sampler:
-            self.sampler.load_state_dict(state.sampler)
+        self.task.load_state_dict(state.sampler)
         if self.rule is not None and state.rule:
             self.rule.load_state_dict(state.rule)
         if self.attack is not None and state.attack:
@@ -130,7 +123,7 @@ class Node:
 
     def save_state(self) -> NodeState:
         """The node's state to persist until the next round."""
-        self.state.sampler = self.sampler.state_dict()
+        self.state.sampler = self.task.state_dict()
         if self.rule is not None:
             self.state.rule = self.rule.state_dict()
         if self.attack is not None:
@@ -166,28 +159,16 @@ class Node:
         return metrics
 
     def train(self, round: int) -> dict[str, float]:
-        """Local SGD steps from the current model; the result is what the node sends."""
-        transform = None
-        if isinstance(self.attack, DataPoisoningAttack):
-            transform = self.attack.poison
-        params, momentum, loss = local_sgd(
-            self.model, self.state.params, self.state.momentum, self.images, self.labels,
-            self.sampler, self.sgd, transform=transform,
-        )
+        """Local training from the current model; the result is what the node sends."""
+        transform = self.attack.poison if isinstance(self.attack, DataPoisoningAttack) else None
+        params, momentum, metrics = self.task.train(self.state.params, self.state.momentum,
+                                                    transform)
         self.state.params, self.state.momentum = params, momentum
-        return {"train_loss": float(loss)}
+        return metrics
 
     def evaluate(self) -> dict[str, float]:
-        """Test accuracy and loss of the node's current model."""
-        dataset = self.world.dataset
-        return evaluate(self.model, self.state.params, dataset.test_images, dataset.test_labels)
-
-    def _local_loss(self, vector: Tensor) -> float:
-        """Loss of ``vector`` on the node's current mini-batch (MOZI's performance check)."""
-        batch = self.sampler.peek_batch() if hasattr(self.sampler, "peek_batch") else None
-        if batch is None:
-            batch = torch.arange(min(len(self.labels), self.sgd.batch_size))
-        return loss_on_batch(self.model, vector, self.images[batch], self.labels[batch])
+        """Test metrics of the node's current model."""
+        return self.task.evaluate(self.state.params)
 
     # ---------------------------------------------------------------------- attacks
     @property
@@ -227,10 +208,12 @@ class Node:
 
     def _target_rule(self) -> Rule | None:
         """The honest nodes' rule (the adversary is omniscient: it knows the config)."""
-        try:
-            return self._make_rule()
-        except ValueError:
-            return None
+        if self._honest_rule is None:
+            try:
+                self._honest_rule = self._make_rule()
+            except ValueError:
+                return None
+        return self._honest_rule
 
 
 def _parameters(attack: str) -> Mapping[str, Any]:

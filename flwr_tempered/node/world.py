@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -23,15 +23,28 @@ from flwr_tempered.topology import Topology, get_topology, topology_factory
 from .config import RunConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class World:
-    """Everything a node needs that is the same for all nodes of a run."""
+    """Everything a node needs that is the same for all nodes of a run. The data and the
+    model are loaded on first use, so custom training tasks never load them."""
 
     config: RunConfig
     topology: Topology
-    dataset: Dataset
-    partitions: tuple[np.ndarray, ...]
-    initial_parameters: torch.Tensor
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The run's dataset (cached per process by the data layer)."""
+        return load_dataset(self.config.dataset, seed=self.config.seed)
+
+    @cached_property
+    def partitions(self) -> tuple[np.ndarray, ...]:
+        """Training-sample indices of every topology position."""
+        return _partitions(self.config, self.topology, self.dataset)
+
+    @cached_property
+    def initial_parameters(self) -> torch.Tensor:
+        """The flat model every node starts from (seeded)."""
+        return flatten_parameters(self.new_model())
 
     def new_model(self) -> nn.Module:
         """A fresh instance of the run's model architecture (parameters are overwritten
@@ -80,12 +93,7 @@ def _partitions(config: RunConfig, topology: Topology, dataset: Dataset) -> tupl
 @lru_cache(maxsize=4)
 def _cached_world(config_json: str) -> World:
     config = RunConfig.from_mapping(json.loads(config_json))
-    topology = topology_of(config)
-    dataset = load_dataset(config.dataset, seed=config.seed)
-    parts = _partitions(config, topology, dataset)
-    world = World(config, topology, dataset, parts, torch.empty(0))
-    initial = flatten_parameters(world.new_model())
-    return World(config, topology, dataset, parts, initial)
+    return World(config, topology_of(config))
 
 
 def build_world(config: RunConfig) -> World:

@@ -17,8 +17,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flwr_tempered.node import Node, RunConfig, TargetInputs, build_world
-from flwr_tempered.training import evaluate
+from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
+from flwr_tempered.node.task import TaskFactory
 
 from .exchange import ExchangeError, ModelExchange, SharedMemoryExchange, make_exchange
 from .protocol import INSTRUCTIONS, METRICS, REPORT
@@ -32,6 +32,11 @@ def run_config_of(context: Context) -> RunConfig:
     """The :class:`RunConfig` carried by a Flower run config (harness keys ignored)."""
     values = {k: v for k, v in context.run_config.items() if k not in HARNESS_KEYS}
     return RunConfig.from_mapping(values)
+
+
+def _node(position: int, world: World, tasks: TaskFactory | None) -> Node:
+    """The node at ``position``, with the user's training task when one is given."""
+    return Node(position, world, tasks(world, position) if tasks is not None else None)
 
 
 def _instructions(message: Message) -> dict[str, Any]:
@@ -61,7 +66,8 @@ def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
     return Message(content, reply_to=message)
 
 
-def handle_hello(message: Message, context: Context, config: RunConfig) -> Message:
+def handle_hello(message: Message, context: Context, config: RunConfig,
+                 tasks: TaskFactory | None = None) -> Message:
     """Tell the relay which data partition (topology position) this node holds."""
     partition = context.node_config.get("partition-id", -1)
     return _reply(message, {"partition_id": int(partition)}, {})
@@ -89,13 +95,14 @@ def _fail_if_asked(fault: str | None, config: RunConfig) -> None:
         time.sleep(config.round_timeout + 2.0)
 
 
-def handle_train(message: Message, context: Context, config: RunConfig) -> Message:
+def handle_train(message: Message, context: Context, config: RunConfig,
+                 tasks: TaskFactory | None = None) -> Message:
     """Aggregate the vectors named in the message, evaluate if asked, train, publish."""
     instructions = _instructions(message)
     fault = config.fault_at(int(instructions["position"]), int(instructions["round"]))
     _fail_if_asked(fault, config)
     world = build_world(config)
-    node = Node(int(instructions["position"]), world)
+    node = _node(int(instructions["position"]), world, tasks)
     state = load_node_state(context.state)
     if state is not None:
         node.load_state(state)
@@ -117,10 +124,11 @@ def handle_train(message: Message, context: Context, config: RunConfig) -> Messa
     return _reply(message, report, metrics, outbox)
 
 
-def handle_attack(message: Message, context: Context, config: RunConfig) -> Message:
+def handle_attack(message: Message, context: Context, config: RunConfig,
+                  tasks: TaskFactory | None = None) -> Message:
     """Craft one vector per recipient from the omniscient view the relay describes."""
     instructions = _instructions(message)
-    node = Node(int(instructions["position"]), build_world(config))
+    node = _node(int(instructions["position"]), build_world(config), tasks)
     state = load_node_state(context.state)
     if state is not None:
         node.load_state(state)
@@ -146,7 +154,8 @@ def handle_attack(message: Message, context: Context, config: RunConfig) -> Mess
     return _reply(message, {"sent": sent}, dict(node.attack.stats if node.attack else {}), outbox)
 
 
-def handle_audit(message: Message, context: Context, config: RunConfig) -> Message:
+def handle_audit(message: Message, context: Context, config: RunConfig,
+                 tasks: TaskFactory | None = None) -> Message:
     """Average the honest models (overall and per group), evaluate the averages, and
     measure the consensus distance (mean squared distance to the average)."""
     instructions = _instructions(message)
@@ -162,23 +171,28 @@ def handle_audit(message: Message, context: Context, config: RunConfig) -> Messa
         stacked = torch.stack(list(models.values()))
         average = stacked.mean(dim=0)
         metrics["consensus_distance"] = float(((stacked - average) ** 2).sum(dim=1).mean())
-        model = world.new_model()
-        dataset = world.dataset
+        task = _node(int(instructions["position"]), world, tasks).task
         for group, members in world.topology.groups.items():
             present = [models[m] for m in members if m in models]
             if not present:
                 continue
             group_average = torch.stack(present).mean(dim=0)
-            result = evaluate(model, group_average, dataset.test_images, dataset.test_labels)
+            result = task.evaluate(group_average)
             suffix = "" if group == "all" else "_" + group.replace(" ", "_")
             metrics[f"accuracy_avg_model{suffix}"] = result["accuracy"]
     return _reply(message, {}, metrics)
 
 
-def make_client_app(config: RunConfig | None = None) -> ClientApp:
-    """The ClientApp of the decentralized runtime. With ``config`` the run is fixed (the
-    command line, tests; ``run_simulation`` passes no run config); without, each
-    message's Flower run config decides (``flwr run``)."""
+def make_client_app(config: RunConfig | None = None, tasks: TaskFactory | None = None
+                    ) -> ClientApp:
+    """The ClientApp of the decentralized runtime.
+
+    With ``config`` the run is fixed (the command line, tests; ``run_simulation`` passes
+    no run config); without, each message's Flower run config decides (``flwr run``).
+    ``tasks(world, position)`` supplies a node's own training code (see
+    :class:`~flwr_tempered.node.task.FunctionTask`); by default the run config's dataset,
+    partition and model are trained with local SGD.
+    """
     app = ClientApp()
 
     def resolve(context: Context) -> RunConfig:
@@ -186,18 +200,18 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return handle_train(message, context, resolve(context))
+        return handle_train(message, context, resolve(context), tasks)
 
     @app.query("hello")
     def hello(message: Message, context: Context) -> Message:
-        return handle_hello(message, context, resolve(context))
+        return handle_hello(message, context, resolve(context), tasks)
 
     @app.query("attack")
     def attack(message: Message, context: Context) -> Message:
-        return handle_attack(message, context, resolve(context))
+        return handle_attack(message, context, resolve(context), tasks)
 
     @app.query("audit")
     def audit(message: Message, context: Context) -> Message:
-        return handle_audit(message, context, resolve(context))
+        return handle_audit(message, context, resolve(context), tasks)
 
     return app

@@ -1,0 +1,156 @@
+"""A participant's training code behind one small protocol, so that any model, data and
+training loop can become a decentralized node without touching transport code.
+
+:class:`SupervisedTask` is the built-in task (the run config's dataset, partition and
+model, local SGD with heavy-ball momentum as in the reproduction spec §1).
+:class:`FunctionTask` wraps a user's own functions: a model builder, a train function and
+an evaluate function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from flwr_tempered.models import flatten_parameters, load_flat_parameters
+from flwr_tempered.training import (
+    BatchSampler,
+    BatchTransform,
+    SGDConfig,
+    evaluate,
+    local_sgd,
+    loss_on_batch,
+)
+
+if TYPE_CHECKING:
+    from .world import World
+
+
+class TrainingTask(Protocol):
+    """What a node needs from the training code of one participant."""
+
+    def initial_parameters(self) -> Tensor:
+        """The flat model every node starts from (the same for all nodes of a run)."""
+        ...
+
+    def train(self, params: Tensor, momentum: Tensor, transform: BatchTransform | None
+              ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Local training from ``params``; returns new params, new momentum, metrics.
+        ``transform`` poisons batches when the node is a data-poisoning attacker."""
+        ...
+
+    def evaluate(self, params: Tensor) -> dict[str, float]:
+        """Test metrics of ``params``; must include ``"accuracy"``."""
+        ...
+
+    def loss(self, params: Tensor) -> float:
+        """Loss of ``params`` on the node's current local batch (MOZI's check)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the task keeps between rounds (e.g. its batch sampler)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
+
+
+class SupervisedTask:
+    """The run config's dataset partition, model and local SGD with momentum."""
+
+    def __init__(self, world: World, position: int) -> None:
+        config = world.config
+        self.world = world
+        self.sgd = SGDConfig(lr=config.lr, momentum=config.momentum,
+                             batch_size=config.batch_size, local_steps=config.local_steps)
+        indices = torch.from_numpy(world.partitions[position])
+        self.images = world.dataset.train_images[indices]
+        self.labels = world.dataset.train_labels[indices]
+        self.model = world.new_model()
+        self.sampler = BatchSampler(len(indices), config.batch_size,
+                                    seed=config.seed * 100_003 + position)
+
+    def initial_parameters(self) -> Tensor:
+        return self.world.initial_parameters.clone()
+
+    def train(self, params: Tensor, momentum: Tensor, transform: BatchTransform | None
+              ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        params, momentum, loss = local_sgd(self.model, params, momentum, self.images,
+                                           self.labels, self.sampler, self.sgd,
+                                           transform=transform)
+        return params, momentum, {"train_loss": float(loss)}
+
+    def evaluate(self, params: Tensor) -> dict[str, float]:
+        dataset = self.world.dataset
+        return evaluate(self.model, params, dataset.test_images, dataset.test_labels)
+
+    def loss(self, params: Tensor) -> float:
+        batch = self.sampler.peek_batch()
+        return loss_on_batch(self.model, params, self.images[batch], self.labels[batch])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self.sampler.load_state_dict(state)
+
+
+#: ``train_fn(model, partition_id, transform) -> metrics``: trains ``model`` in place.
+TrainFunction = Callable[[nn.Module, int, BatchTransform | None], Mapping[str, float]]
+#: ``evaluate_fn(model, partition_id) -> metrics`` with at least ``"accuracy"``.
+EvaluateFunction = Callable[[nn.Module, int], Mapping[str, float]]
+
+
+class FunctionTask:
+    """A user's own training code as a node: ``model_fn()`` builds the model (called
+    under the run's seed so every node starts from the same parameters), ``train_fn``
+    trains it in place with the user's own loop and optimizer, ``evaluate_fn`` tests it.
+
+    Heavy-ball momentum is the user's business here: the flat momentum the node keeps is
+    passed through unchanged.
+    """
+
+    def __init__(self, model_fn: Callable[[], nn.Module], train_fn: TrainFunction,
+                 evaluate_fn: EvaluateFunction, partition_id: int, seed: int = 0) -> None:
+        self.model_fn = model_fn
+        self.train_fn = train_fn
+        self.evaluate_fn = evaluate_fn
+        self.partition_id = partition_id
+        self.seed = seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = model_fn()
+
+    def initial_parameters(self) -> Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return flatten_parameters(self.model_fn())
+
+    def train(self, params: Tensor, momentum: Tensor, transform: BatchTransform | None
+              ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        load_flat_parameters(self.model, params)
+        metrics = self.train_fn(self.model, self.partition_id, transform)
+        return flatten_parameters(self.model), momentum, {k: float(v) for k, v in metrics.items()}
+
+    def evaluate(self, params: Tensor) -> dict[str, float]:
+        load_flat_parameters(self.model, params)
+        return {k: float(v) for k, v in self.evaluate_fn(self.model, self.partition_id).items()}
+
+    def loss(self, params: Tensor) -> float:
+        metrics = self.evaluate(params)
+        return float(metrics.get("loss", 1.0 - metrics["accuracy"]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore: the user's functions keep their own state."""
+
+
+#: Builds the task of the node at a topology position (for custom training code).
+TaskFactory = Callable[["World", int], TrainingTask]

@@ -1,0 +1,82 @@
+"""The transport-free node: screening, aggregation with mixing weights, custom tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flwr_tempered.node import FunctionTask, Node, RunConfig, build_world, screen
+
+CONFIG = RunConfig(topology="ring", topology_args={}, nodes=5, byzantine=1, dataset="digits",
+                   rule="gossip", attack="ipm", rounds=3, local_steps=2)
+
+
+def test_screen_rejects_missing_wrong_shape_and_wrong_dtype() -> None:
+    good = np.zeros(4, dtype=np.float32)
+    vectors = [good, None, np.zeros(3, dtype=np.float32), np.zeros(4, dtype=np.float64), good]
+    kept, reasons = screen(vectors, 4, np.dtype(np.float32))
+    assert kept == [0, 4]
+    assert reasons == ["missing", "shape (3,) != (4,)", "dtype float64 != float32"]
+
+
+def test_honest_node_gossips_with_its_row_of_the_mixing_matrix() -> None:
+    world = build_world(CONFIG)
+    honest = next(p for p in range(5) if p not in world.topology.byzantine)
+    node = Node(honest, world)
+    d = node.state.params.shape[0]
+    senders = node.neighbors
+    vectors = [np.full(d, float(i + 1), dtype=np.float32) for i in range(len(senders))]
+    before = node.state.params.clone()
+    metrics = node.aggregate(senders, vectors, round=1)
+    row = world.topology.mixing[honest]
+    expected = row[honest] * before + sum(
+        row[s] * torch.from_numpy(v) for s, v in zip(senders, vectors, strict=True))
+    torch.testing.assert_close(node.state.params, expected.float())
+    assert metrics["rejected_malformed"] == 0
+
+
+def test_a_malformed_neighbour_leaves_its_weight_on_the_node() -> None:
+    world = build_world(CONFIG)
+    honest = next(p for p in range(5) if p not in world.topology.byzantine)
+    node = Node(honest, world)
+    d = node.state.params.shape[0]
+    senders = node.neighbors
+    vectors: list[np.ndarray | None] = [np.ones(d, dtype=np.float32), np.ones(d + 1, np.float32)]
+    before = node.state.params.clone()
+    metrics = node.aggregate(senders, vectors, round=1)
+    w = float(world.topology.mixing[honest, senders[0]])
+    torch.testing.assert_close(node.state.params, (1 - w) * before + w * torch.ones(d))
+    assert metrics["rejected_malformed"] == 1
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+
+
+def _train(model: nn.Module, partition_id: int, transform: object) -> Mapping[str, float]:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0 + partition_id)
+    return {"steps": 1.0}
+
+
+def _evaluate(model: nn.Module, partition_id: int) -> Mapping[str, float]:
+    total = sum(float(p.sum()) for p in model.parameters())
+    return {"accuracy": 0.5, "loss": total}
+
+
+def test_function_task_turns_user_code_into_a_node() -> None:
+    world = build_world(CONFIG)
+    tasks = [FunctionTask(_model, _train, _evaluate, partition_id=p, seed=3) for p in range(2)]
+    start = [t.initial_parameters() for t in tasks]
+    torch.testing.assert_close(start[0], start[1])  # same seed: same starting model
+    node = Node(0 if 0 not in world.topology.byzantine else 1, world, task=tasks[1])
+    before = node.state.params.clone()
+    metrics = node.train(round=0)
+    assert metrics == {"steps": 1.0}
+    torch.testing.assert_close(node.state.params, before + 2.0)
+    assert node.evaluate()["accuracy"] == pytest.approx(0.5)
