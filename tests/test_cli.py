@@ -57,3 +57,45 @@ def test_key_values_are_read_as_literals() -> None:
     }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_key_values(["novalue"], "--rule-arg")
+
+
+def test_run_help_lists_the_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in ["clipped_gossip", "balance", "dissensus", "fang_trim", "dumbbell", "mnist-5k",
+                 "digits", "dirichlet", "clique"]:
+        assert name in out, name
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--rule", "balanse"], "unknown rule 'balanse'; available rules: balance"),
+        (["--attack", "alei"], "unknown attack 'alei'; available attacks: alie"),
+        (["--topology", "rng"], "unknown topology 'rng'"),
+        (["--rule", "trimmed_mean", "--rule-arg", "beta=1"], "has no parameter(s) beta"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    ],
+)
+def test_run_rejects_misspelt_names_before_starting(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert main(["run", *argv]) == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_prints_a_summary_next_to_gossip(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    code = main(["run", "--topology", "complete", "--nodes", "5", "--byzantine", "1",
+                 "--dataset", "digits", "--rule", "trimmed_mean", "--rule-arg", "b=1",
+                 "--attack", "ipm", "--rounds", "2", "--eval-every", "1", "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "trimmed_mean" in captured.out and "gossip" in captured.out
+    assert "accuracy_mean" in captured.out
+    assert "round    2/2" in captured.err
+    assert (out / "metrics.jsonl").exists() and (tmp_path / "run-gossip" / "metrics.jsonl").exists()

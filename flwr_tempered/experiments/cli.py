@@ -165,10 +165,14 @@ def _run(args: argparse.Namespace) -> None:
     if args.attack != "none":
         attack_class(args.attack)
     config = RunConfig(
-        topology=args.topology, topology_args=parse_key_values(args.topology_arg, "--topology-arg"),
+        topology=args.topology,
+        topology_args=parse_key_values(args.topology_arg, "--topology-arg") or (
+            dict(RunConfig().topology_args) if args.topology == RunConfig().topology else {}),
         nodes=args.nodes, byzantine=args.byzantine, rule=args.rule,
         rule_args=parse_key_values(args.rule_arg, "--rule-arg"), attack=args.attack,
-        attack_args=parse_key_values(args.attack_arg, "--attack-arg"), dataset=args.dataset,
+        attack_args=parse_key_values(args.attack_arg, "--attack-arg") or (
+            dict(RunConfig().attack_args) if args.attack == RunConfig().attack else {}),
+        dataset=args.dataset,
         partition=args.partition,
         partition_args=parse_key_values(args.partition_arg, "--partition-arg"),
         model=args.model, model_args=parse_key_values(args.model_arg, "--model-arg"),

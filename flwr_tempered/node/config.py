@@ -28,14 +28,14 @@ class RunConfig:
     rule: str = "balance"
     rule_args: Mapping[str, Any] = field(default_factory=dict)
     attack: str = "alie"
-    attack_args: Mapping[str, Any] = field(default_factory=dict)
+    attack_args: Mapping[str, Any] = field(default_factory=lambda: {"z": 10.0})
     dataset: str = "mnist-5k"
     partition: str = "iid"
     partition_args: Mapping[str, Any] = field(default_factory=dict)
     model: str = "small_cnn"
     model_args: Mapping[str, Any] = field(default_factory=dict)
-    rounds: int = 30
-    local_steps: int = 1
+    rounds: int = 20
+    local_steps: int = 5
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
