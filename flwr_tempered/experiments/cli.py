@@ -219,7 +219,11 @@ def _check_buildable(config: Any) -> None:
 
 def _print_summary(finals: dict[str, dict[str, Any]], runs: dict[str, Any]) -> None:
     def shown(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3e}" if abs(value) >= 1e4 else f"{value:.4f}"
+        return str(value)
 
     keys = ["accuracy_mean", "accuracy_min", "accuracy_avg_model", "consensus_distance",
             "dropped_nodes", "rule_acceptance_rate", "rejected_malformed",

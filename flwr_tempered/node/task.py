@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from flwr_tempered.models import flatten_parameters, load_flat_parameters
+from flwr_tempered.models import default_device, flatten_parameters, load_flat_parameters
 from flwr_tempered.training import (
     BatchSampler,
     BatchTransform,
@@ -68,29 +68,42 @@ class SupervisedTask:
         self.sgd = SGDConfig(lr=config.lr, momentum=config.momentum,
                              batch_size=config.batch_size, local_steps=config.local_steps)
         indices = torch.from_numpy(world.partitions[position])
-        self.images = world.dataset.train_images[indices]
-        self.labels = world.dataset.train_labels[indices]
-        self.model = world.new_model()
+        #: ``cuda`` when available: data and model live there, node state stays on CPU.
+        self.device = default_device()
+        self.images = world.dataset.train_images[indices].to(self.device)
+        self.labels = world.dataset.train_labels[indices].to(self.device)
+        self.model = world.new_model().to(self.device)
         self.sampler = BatchSampler(len(indices), config.batch_size,
                                     seed=config.seed * 100_003 + position)
+        self._test: tuple[Tensor, Tensor] | None = None
 
     def initial_parameters(self) -> Tensor:
         return self.world.initial_parameters.clone()
 
     def train(self, params: Tensor, momentum: Tensor, transform: BatchTransform | None
               ) -> tuple[Tensor, Tensor, dict[str, float]]:
-        params, momentum, loss = local_sgd(self.model, params, momentum, self.images,
-                                           self.labels, self.sampler, self.sgd,
-                                           transform=transform)
-        return params, momentum, {"train_loss": float(loss)}
+        home = params.device
+        new_params, new_momentum, loss = local_sgd(
+            self.model, params.to(self.device), momentum.to(self.device), self.images,
+            self.labels, self.sampler, self.sgd, transform=transform,
+        )
+        return new_params.to(home), new_momentum.to(home), {"train_loss": float(loss)}
 
     def evaluate(self, params: Tensor) -> dict[str, float]:
-        dataset = self.world.dataset
-        return evaluate(self.model, params, dataset.test_images, dataset.test_labels)
+        images, labels = self._test_set()
+        return evaluate(self.model, params.to(self.device), images, labels)
+
+    def _test_set(self) -> tuple[Tensor, Tensor]:
+        if self._test is None:
+            dataset = self.world.dataset
+            self._test = (dataset.test_images.to(self.device),
+                          dataset.test_labels.to(self.device))
+        return self._test
 
     def loss(self, params: Tensor) -> float:
-        batch = self.sampler.peek_batch()
-        return loss_on_batch(self.model, params, self.images[batch], self.labels[batch])
+        batch = self.sampler.peek_batch().to(self.device)
+        return loss_on_batch(self.model, params.to(self.device), self.images[batch],
+                             self.labels[batch])
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()

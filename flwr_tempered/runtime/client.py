@@ -73,6 +73,20 @@ def handle_hello(message: Message, context: Context, config: RunConfig,
     return _reply(message, {"partition_id": int(partition)}, {})
 
 
+class _Clock:
+    """Wall time of the phases of a handler, reported as ``time_*_s`` metrics (kept out
+    of ``metrics.jsonl``; the relay sums them into ``timings.json``)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
+
+
 def corrupt(vector: np.ndarray, fault: str | None) -> np.ndarray:
     """What a faulty node publishes instead of ``vector`` (fault injection)."""
     if fault == "nan":
@@ -109,17 +123,25 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     exchange = _exchange(config, instructions)
     outbox = RecordDict()
     round_ = int(instructions["round"])
+    clock = _Clock()
     senders = [int(s) for s in instructions["senders"]]
     vectors = [_fetch(exchange, d, message) for d in instructions["digests"]]
+    clock.lap("time_fetch_s")
     metrics = node.aggregate(senders, vectors, round_)
+    clock.lap("time_aggregate_s")
     report: dict[str, Any] = {"position": node.position}
     if instructions.get("publish_model") and not node.byzantine:
         report["model"] = exchange.publish(node.state.params.numpy(), outbox)
+    clock.lap("time_publish_s")
     if instructions.get("evaluate") and not node.byzantine:
         metrics.update(node.evaluate())
+    clock.lap("time_evaluate_s")
     if instructions.get("train"):
         metrics.update(node.train(round_))
+        clock.lap("time_train_s")
         report["half"] = exchange.publish(corrupt(node.state.params.numpy(), fault), outbox)
+        clock.lap("time_publish_s")
+    metrics.update(clock.laps)
     save_node_state(node.save_state(), context.state)
     return _reply(message, report, metrics, outbox)
 

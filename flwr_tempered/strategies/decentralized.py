@@ -191,9 +191,13 @@ class DecentralizedStrategy:
             self._published |= set(half.values()) | set(models.values())
             self._published |= {d for sent in crafted.values() for d in sent.values()}
             self._forget_all_but(inputs, mailbox)
-            self.timings.append({"round": float(t), "train_exchange_s": log.seconds,
-                                 "attack_s": attack_seconds,
-                                 "total_s": time.perf_counter() - start})
+            timing = {"round": float(t), "train_message_s": log.seconds,
+                      "attack_message_s": attack_seconds, "total_s": time.perf_counter() - start}
+            for reply in log.replies.values():  # node-side phases, summed over nodes
+                for key, value in reply.metrics.items():
+                    if key.startswith("time_"):
+                        timing[f"nodes_{key}"] = timing.get(f"nodes_{key}", 0.0) + value
+            self.timings.append(timing)
             if evaluate:
                 line = self._metrics_line(t, log, audit, honest)
                 self.history.append(line)
