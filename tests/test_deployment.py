@@ -1,0 +1,103 @@
+"""The same ServerApp and ClientApp in Flower's deployment mode: a SuperLink and four
+SuperNodes on 127.0.0.1, the run submitted with ``flwr run``, models travelling inline.
+
+The test starts every process in its own process group and stops exactly those groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    """A SuperLink and four SuperNodes (partition ids 0..3); yields (env, home)."""
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    env = {**os.environ, "FLWR_HOME": str(home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    port = free_port()
+    log = (tmp_path / "federation.log").open("w")
+    processes = [subprocess.Popen(
+        ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+         "--database", str(home / "state.db")],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )]
+    try:
+        wait_for_port(port, 60)
+        for partition in range(4):
+            processes.append(subprocess.Popen(
+                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                 "--node-config", f"partition-id={partition} num-partitions=4",
+                 "--port", str(free_port())],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        yield env, tmp_path
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        log.close()
+
+
+def test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes(
+    federation: tuple[dict[str, str], Path]
+) -> None:
+    env, folder = federation
+    out = folder / "results"
+    run_config = (
+        "nodes=4 byzantine=1 topology='ring' topology-args='{}' dataset='digits' "
+        "rounds=2 eval-every=1 exchange='inline' attack='ipm' attack-args='{}' "
+        "rule='median' local-steps=10 lr=0.1 round-timeout=60.0 "
+        f"out='{out}'"
+    )
+    result = subprocess.run(
+        ["flwr", "run", str(REPO), "test", "--stream", "--run-config", run_config],
+        env=env, capture_output=True, text=True, timeout=400, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    assert all(m["dropped_nodes"] == 0 for m in metrics)
+    assert metrics[-1]["accuracy_mean"] > metrics[0]["accuracy_mean"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["exchange"] == "inline" and config["nodes"] == 4
