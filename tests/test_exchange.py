@@ -72,3 +72,14 @@ def test_inline_exchange_travels_through_the_relay_mailbox() -> None:
 def test_make_exchange_names_the_choices() -> None:
     with pytest.raises(ValueError, match="'shared' or 'inline'"):
         make_exchange("carrier-pigeon", "run")
+
+
+def test_a_verified_model_is_read_once_per_process_and_is_read_only(tmp_path: Path) -> None:
+    store = SharedMemoryExchange(tmp_path / "store")
+    model = np.arange(10, dtype=np.float32)
+    digest = store.publish(model, RecordDict())
+    first = store.fetch(digest, RecordDict())
+    (tmp_path / "store" / f"{digest}.npy").unlink()  # gone from disk, still known here
+    second = store.fetch(digest, RecordDict())
+    assert second is first
+    assert not first.flags.writeable

@@ -151,7 +151,8 @@ class Node:
         metrics["rejected_malformed"] = float(len(reasons))
         if not kept:
             return metrics
-        received = torch.stack([torch.from_numpy(np.asarray(vectors[i])) for i in kept])
+        # One copy into a fresh array: fetched models may be shared and read-only.
+        received = torch.from_numpy(np.stack([np.asarray(vectors[i]) for i in kept]))
         weights = self.mixing_row([senders[i] for i in kept])
         assert self.rule is not None
         self.state.params = self.rule(params, received, weights, round=round)
@@ -186,19 +187,19 @@ class Node:
             row = topology.mixing[target.node]
             byzantine = topology.byzantine_neighbors(target.node)
             honest_models = (
-                torch.stack([torch.from_numpy(m).to(dtype) for m in target.honest_models])
+                torch.stack([torch.from_numpy(m.copy()).to(dtype) for m in target.honest_models])
                 if target.honest_models else torch.zeros(0, self.state.params.shape[0], dtype=dtype)
             )
             views.append(TargetView(
                 node=target.node,
-                model=torch.from_numpy(target.model).to(dtype),
+                model=torch.from_numpy(target.model.copy()).to(dtype),
                 honest_neighbors=honest_models,
                 honest_weights=torch.tensor([row[j] for j in target.honest_neighbors], dtype=dtype),
                 byzantine_weight=float(sum(row[k] for k in byzantine)),
                 n_byzantine=len(byzantine),
                 self_weight=float(row[target.node]),
                 previous=None if target.previous is None
-                else torch.from_numpy(target.previous).to(dtype),
+                else torch.from_numpy(target.previous.copy()).to(dtype),
                 rule=self._target_rule(),
             ))
         view = AttackView(own=self.state.params, targets=views, round=round,

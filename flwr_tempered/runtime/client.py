@@ -187,7 +187,7 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
     for position, digest in instructions["models"]:
         array = _fetch(exchange, digest, message)
         if array is not None:
-            models[int(position)] = torch.from_numpy(array)
+            models[int(position)] = torch.from_numpy(array.copy())
     metrics: dict[str, float] = {"audited_models": float(len(models))}
     if models:
         stacked = torch.stack(list(models.values()))

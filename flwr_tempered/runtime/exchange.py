@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,45 @@ def _verified(array: np.ndarray, digest: str) -> np.ndarray:
     return array
 
 
+class _VerifiedCache:
+    """Arrays already checked against their digest, per process, bounded in bytes.
+
+    A digest names its content, so a cached array can never go stale; in simulation one
+    worker process serves many nodes that read the same neighbours' models, and each model
+    is then read and hashed once per process instead of once per receiver. Cached arrays
+    are read-only.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: str) -> np.ndarray | None:
+        array = self._arrays.get(digest)
+        if array is not None:
+            self._arrays.move_to_end(digest)
+        return array
+
+    def drop(self, digest: str) -> None:
+        array = self._arrays.pop(digest, None)
+        if array is not None:
+            self._bytes -= array.nbytes
+
+    def put(self, digest: str, array: np.ndarray) -> None:
+        if digest in self._arrays or array.nbytes > self.max_bytes:
+            return
+        self._arrays[digest] = array
+        self._bytes += array.nbytes
+        while self._bytes > self.max_bytes:
+            _, evicted = self._arrays.popitem(last=False)
+            self._bytes -= evicted.nbytes
+
+
+#: Per-process cache of verified models (768 MiB).
+_VERIFIED = _VerifiedCache(768 << 20)
+
+
 class SharedMemoryExchange(ModelExchange):
     """Models as ``<digest>.npy`` files in ``directory`` (default: a run folder in /dev/shm).
 
@@ -104,15 +144,24 @@ class SharedMemoryExchange(ModelExchange):
         return digest
 
     def fetch(self, digest: str, inbox: RecordDict) -> np.ndarray:
+        cached = _VERIFIED.get(digest)
+        if cached is not None:
+            return cached
         path = self._path(digest)
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:
             raise ExchangeError(f"model {digest[:12]}… is not in the store: {error}") from None
-        return _verified(array, digest) if self.verify else array
+        if not self.verify:
+            return array
+        _verified(array, digest)
+        array.setflags(write=False)
+        _VERIFIED.put(digest, array)
+        return array
 
     def discard(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)
+        _VERIFIED.drop(digest)
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
