@@ -178,6 +178,7 @@ def _run(args: argparse.Namespace) -> None:
         model=args.model, model_args=parse_key_values(args.model_arg, "--model-arg"),
         rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
         lr=args.lr, eval_every=args.eval_every, seed=args.seed, exchange=args.exchange,
+        node_cpus=args.num_cpus, node_gpus=args.num_gpus,
     )
     _check_buildable(config)
     out = Path(args.out) if args.out else default_results_folder(config)
@@ -191,8 +192,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"== rule {name}: {run_config.nodes} nodes on {run_config.topology}, "
               f"{run_config.byzantine} Byzantine ({run_config.attack}), "
               f"{run_config.rounds} rounds -> {folder}", file=sys.stderr, flush=True)
-        simulate(run_config, folder, progress=print_progress,
-                 num_cpus_per_node=args.num_cpus, num_gpus_per_node=args.num_gpus)
+        simulate(run_config, folder, progress=print_progress)
         finals[name] = read_metrics(folder)[-1]
     _print_summary(finals, runs)
 

@@ -28,11 +28,10 @@ def print_progress(line: dict[str, Any], config: RunConfig) -> None:
 
 
 def simulate(config: RunConfig, out: str | Path, *, progress: ProgressCallback | None = None,
-             num_cpus_per_node: float = 1.0, num_gpus_per_node: float = 0.0,
              quiet: bool = True) -> Path:
     """Run ``config`` with one simulated Flower SuperNode per topology node; return the
-    results folder. ``num_cpus_per_node``/``num_gpus_per_node`` become Ray's
-    ``client_resources`` (fractions allowed: 0.25 GPU lets four nodes share one GPU)."""
+    results folder. ``config.node_cpus``/``config.node_gpus`` become Ray's
+    ``client_resources``."""
     from flwr.simulation import run_simulation
 
     from flwr_tempered.node import topology_of
@@ -40,7 +39,7 @@ def simulate(config: RunConfig, out: str | Path, *, progress: ProgressCallback |
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     n = topology_of(config).n
     backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": num_cpus_per_node, "num_gpus": num_gpus_per_node},
+        "client_resources": {"num_cpus": config.node_cpus, "num_gpus": config.node_gpus},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
     }
     flower_logger = logging.getLogger("flwr")

@@ -43,6 +43,11 @@ class RunConfig:
     seed: int = 0
     exchange: str = "shared"
     round_timeout: float = 120.0
+    #: Ray ``client_resources`` per simulated node (fractions allowed: 0.25 GPU lets four
+    #: nodes share one GPU). Used by ``flwr-tempered run``/``simulate``; ``flwr run``
+    #: takes them from the federation's options instead.
+    node_cpus: float = 1.0
+    node_gpus: float = 0.0
     #: Fault injection for robustness tests: position -> {"kind": ..., "rounds": [...]}.
     #: Kinds: nan, inf, shape, dtype, empty (what the node publishes is corrupted),
     #: raise (the node's handler raises), timeout (it answers after the round timeout).
@@ -64,6 +69,11 @@ class RunConfig:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
         if self.exchange not in ("shared", "inline"):
             raise ValueError(f"exchange must be 'shared' or 'inline', got {self.exchange!r}")
+        if not self.node_cpus > 0 or self.node_gpus < 0:
+            raise ValueError(
+                f"node_cpus must be > 0 and node_gpus >= 0, got {self.node_cpus!r} and "
+                f"{self.node_gpus!r}"
+            )
         if not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be > 0, got {self.round_timeout!r}")
         for position, fault in self.faults.items():

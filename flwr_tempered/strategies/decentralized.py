@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -158,8 +158,17 @@ class DecentralizedStrategy:
         return provisional
 
     # ------------------------------------------------------------------------ run
-    def start(self, grid: Grid, store: str | None = None) -> list[dict[str, Any]]:
-        """Run every round; returns the metrics lines (also passed to ``on_metrics``)."""
+    def start(self, grid: Grid, *, timeout: float | None = None, store: str | None = None
+              ) -> list[dict[str, Any]]:
+        """Run every round over ``grid``, like Flower's ``Strategy.start``; returns the
+        metrics lines (also passed to ``on_metrics``).
+
+        The number of rounds is the run config's, because the nodes read it too (BALANCE's
+        schedule). ``timeout`` overrides how long a round waits for replies; ``store`` is
+        the shared-memory directory of the ``shared`` exchange.
+        """
+        if timeout is not None:
+            self.config = replace(self.config, round_timeout=timeout)
         config, topology = self.config, self.topology
         if hasattr(grid, "pull_interval"):  # simulation's in-memory grid polls for replies
             grid.pull_interval = min(float(grid.pull_interval), REPLY_POLL_SECONDS)
