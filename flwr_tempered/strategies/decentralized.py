@@ -41,8 +41,9 @@ from flwr_tempered.runtime.protocol import (
 #: How long to wait for the expected nodes to appear after start.
 NODE_WAIT_SECONDS = 60.0
 
-#: How often the simulation grid looks for replies (Flower's default is 0.1 s, which adds
-#: up to that much latency to every exchange).
+#: How often the relay looks for replies. ``Grid.send_and_receive`` polls every 0.1 s in
+#: simulation and every 3 s in deployment mode, which adds that much latency to every
+#: exchange; the relay pushes and pulls itself instead.
 REPLY_POLL_SECONDS = 0.01
 
 MetricsCallback = Callable[[dict[str, Any]], None]
@@ -63,6 +64,20 @@ class RoundLog:
     replies: dict[int, _Reply] = field(default_factory=dict)
     dropped: list[int] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _push_and_pull(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Send ``messages`` and collect the replies that arrive within ``timeout`` seconds."""
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending and time.monotonic() < deadline:
+        arrived = list(grid.pull_messages(pending))
+        replies.extend(arrived)
+        pending -= {reply.metadata.reply_to_message_id for reply in arrived}
+        if pending:
+            time.sleep(REPLY_POLL_SECONDS)
+    return replies
 
 
 def _digests_in(value: Any) -> set[str]:
@@ -115,7 +130,7 @@ class DecentralizedStrategy:
             messages.append(Message(content, dst_node_id=node_ids[position], message_type=kind))
         by_node = {v: k for k, v in node_ids.items()}
         log = RoundLog()
-        for reply in grid.send_and_receive(messages, timeout=self.config.round_timeout):
+        for reply in _push_and_pull(grid, messages, self.config.round_timeout):
             sender = by_node.get(reply.metadata.src_node_id)
             if sender is None or reply.has_error() or not reply.has_content():
                 continue
@@ -170,8 +185,6 @@ class DecentralizedStrategy:
         if timeout is not None:
             self.config = replace(self.config, round_timeout=timeout)
         config, topology = self.config, self.topology
-        if hasattr(grid, "pull_interval"):  # simulation's in-memory grid polls for replies
-            grid.pull_interval = min(float(grid.pull_interval), REPLY_POLL_SECONDS)
         node_ids = self._discover(grid)
         honest = [p for p in range(topology.n) if p not in topology.byzantine]
         inputs: dict[int, list[tuple[int, str]]] = {p: [] for p in range(topology.n)}
