@@ -83,3 +83,11 @@ def test_a_verified_model_is_read_once_per_process_and_is_read_only(tmp_path: Pa
     second = store.fetch(digest, RecordDict())
     assert second is first
     assert not first.flags.writeable
+
+
+def test_a_node_cannot_recreate_a_store_the_relay_removed(tmp_path: Path) -> None:
+    relay_side = SharedMemoryExchange(tmp_path / "store")
+    relay_side.close()
+    with pytest.raises(ExchangeError, match="does not exist"):
+        SharedMemoryExchange(tmp_path / "store", create=False)
+    assert not (tmp_path / "store").exists()

@@ -47,7 +47,7 @@ def _instructions(message: Message) -> dict[str, Any]:
 
 def _exchange(config: RunConfig, instructions: dict[str, Any]) -> ModelExchange:
     if config.exchange == "shared":
-        return SharedMemoryExchange(instructions["store"])
+        return SharedMemoryExchange(instructions["store"], create=False)
     return make_exchange(config.exchange, run_name="inline")
 
 

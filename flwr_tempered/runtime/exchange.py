@@ -113,13 +113,19 @@ class SharedMemoryExchange(ModelExchange):
     """Models as ``<digest>.npy`` files in ``directory`` (default: a run folder in /dev/shm).
 
     Writes are atomic (temporary file, then rename), so a reader never sees half a model.
+    The relay owns the directory (``create=True``) and removes it at the end of the run;
+    nodes open it with ``create=False`` so that a late node cannot bring it back.
     """
 
     kind = "shared"
 
-    def __init__(self, directory: str | os.PathLike[str], verify: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike[str], verify: bool = True,
+                 create: bool = True) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        elif not self.directory.is_dir():
+            raise ExchangeError(f"the model store {self.directory} does not exist (run over?)")
         self.verify = verify
 
     @staticmethod
