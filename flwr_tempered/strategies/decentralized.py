@@ -55,7 +55,6 @@ class _Reply:
     position: int
     report: dict[str, Any]
     metrics: dict[str, float]
-    content: RecordDict
 
 
 @dataclass
@@ -144,7 +143,7 @@ class DecentralizedStrategy:
             report = json.loads(str(report_record["json"]))
             metrics = {k: float(v) for k, v in metric_record.items()
                        if isinstance(v, int | float)}
-            log.replies[sender] = _Reply(sender, report, metrics, reply.content)
+            log.replies[sender] = _Reply(sender, report, metrics)
             if mailbox is not None:
                 self.exchange.collect(reply.content, mailbox)
         log.dropped = sorted(set(payloads) - set(log.replies))
