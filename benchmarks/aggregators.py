@@ -14,14 +14,13 @@ not the cost of evaluating models on data.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from machine import describe_machine
 
 from flwr_tempered.aggregators import FLTrust, Rule, available_rules, get_rule
 
@@ -113,18 +112,6 @@ def print_table(rows: list[dict[str, Any]], ks: list[int], ds: list[int]) -> Non
         print(f"| {name} | " + " | ".join(shown) + " |")
 
 
-def cpu_model() -> str:
-    """The CPU's model name where the OS tells it (Linux), else the architecture."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=[8, 32, 128])
@@ -134,8 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU float32")
+    print(f"machine: {describe_machine()}, CPU float32")
     rows = benchmark(args.k, args.d, args.repeats)
     print()
     print_table(rows, args.k, args.d)

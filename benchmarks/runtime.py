@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from machine import describe_machine
 
 from flwr_tempered.experiments.simulate import simulate
 from flwr_tempered.node import RunConfig
@@ -79,15 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"Ray workers = cores (1 CPU per node)")
+    print(f"machine: {describe_machine()}, Ray workers = cores (1 CPU per node)")
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, config in scenarios(args.rounds).items():

@@ -154,16 +154,11 @@ def _add_run_parser(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from flwr_tempered.aggregators import rule_class
-    from flwr_tempered.attacks import attack_class
     from flwr_tempered.experiments.results import read_metrics
     from flwr_tempered.experiments.simulate import print_progress, simulate
     from flwr_tempered.node import RunConfig
     from flwr_tempered.runtime.server import default_results_folder
 
-    rule_class(args.rule)
-    if args.attack != "none":
-        attack_class(args.attack)
     config = RunConfig(
         topology=args.topology,
         topology_args=parse_key_values(args.topology_arg, "--topology-arg") or (
@@ -184,8 +179,8 @@ def _run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else default_results_folder(config)
     runs = {config.rule: (config, out)}
     if args.compare not in ("none", config.rule):
-        rule_class(args.compare)
         compare = replace(config, rule=args.compare, rule_args={})
+        _check_buildable(compare)
         runs[args.compare] = (compare, out.parent / f"{out.name}-{args.compare}")
     finals = {}
     for name, (run_config, folder) in runs.items():
@@ -198,20 +193,15 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _check_buildable(config: Any) -> None:
-    """Fail before starting Flower if a name or parameter is wrong."""
-    from flwr_tempered.aggregators import get_rule
-    from flwr_tempered.attacks import get_attack
+    """Fail before starting Flower if a name or parameter is wrong: build what every node
+    will build (topology, rule, a Byzantine node's attack) and check the dataset name."""
     from flwr_tempered.data import available_datasets
-    from flwr_tempered.node import topology_of
+    from flwr_tempered.node import build_attack, build_rule, topology_of
 
     topology_of(config)
-    args = dict(config.rule_args)
-    if config.rule == "balance":
-        args.setdefault("total_rounds", config.rounds)
-    if config.rule != "mozi":
-        get_rule(config.rule, **args)
+    build_rule(config)
     if config.attack != "none":
-        get_attack(config.attack, **config.attack_args)
+        build_attack(config, position=0)
     if config.dataset not in available_datasets():
         raise ValueError(f"unknown dataset {config.dataset!r}; available datasets: "
                          f"{', '.join(available_datasets())}")

@@ -1,7 +1,7 @@
 """One participant of a decentralized run, free of any transport."""
 
 from .config import RunConfig
-from .node import Node, NodeState, TargetInputs, screen
+from .node import Node, NodeState, TargetInputs, build_attack, build_rule, screen
 from .task import FunctionTask, SupervisedTask, TaskFactory, TrainingTask
 from .world import World, build_world, topology_of
 
@@ -15,6 +15,8 @@ __all__ = [
     "TaskFactory",
     "TrainingTask",
     "World",
+    "build_attack",
+    "build_rule",
     "build_world",
     "screen",
     "topology_of",

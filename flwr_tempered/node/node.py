@@ -14,7 +14,7 @@ the node, as if it had been silent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,11 @@ from flwr_tempered.attacks import (
     DataPoisoningAttack,
     ModelPoisoningAttack,
     TargetView,
+    attack_parameters,
     get_attack,
 )
 
+from .config import RunConfig
 from .task import SupervisedTask, TrainingTask
 from .world import World
 
@@ -56,6 +58,24 @@ class TargetInputs:
     honest_neighbors: Sequence[int]
     honest_models: Sequence[np.ndarray]
     previous: np.ndarray | None = None
+
+
+def build_rule(config: RunConfig) -> Rule:
+    """The honest nodes' rule of ``config`` (BALANCE's horizon defaults to the run's
+    rounds). MOZI's loss callback is bound by the node that owns the rule."""
+    args = dict(config.rule_args)
+    if config.rule == "balance":
+        args.setdefault("total_rounds", config.rounds)
+    return get_rule(config.rule, **args)
+
+
+def build_attack(config: RunConfig, position: int) -> AttackBase:
+    """The attack of the Byzantine node at ``position`` (seeded per node, so that colluding
+    nodes do not draw the same noise)."""
+    args = dict(config.attack_args)
+    if "seed" in attack_parameters(config.attack):
+        args.setdefault("seed", config.seed * 1_000 + position)
+    return get_attack(config.attack, **args)
 
 
 def screen(
@@ -90,26 +110,17 @@ class Node:
         self.rule: Rule | None = None if self.byzantine else self._make_rule()
         self.attack: AttackBase | None = None
         if self.byzantine and config.attack != "none":
-            self.attack = get_attack(config.attack, **self._attack_args())
+            self.attack = build_attack(config, position)
         self._honest_rule: Rule | None = None
         initial = self.task.initial_parameters()
         self.state = NodeState(params=initial, momentum=torch.zeros_like(initial))
 
     # ------------------------------------------------------------------ construction
     def _make_rule(self) -> Rule:
-        args = dict(self.world.config.rule_args)
-        if self.world.config.rule == "balance":
-            args.setdefault("total_rounds", self.world.config.rounds)
-        rule = get_rule(self.world.config.rule, **args)
+        rule = build_rule(self.world.config)
         if hasattr(rule, "bind_loss"):
             rule.bind_loss(self.task.loss)
         return rule
-
-    def _attack_args(self) -> dict[str, Any]:
-        args = dict(self.world.config.attack_args)
-        if "seed" in _parameters(self.world.config.attack):
-            args.setdefault("seed", self.world.config.seed * 1_000 + self.position)
-        return args
 
     # ------------------------------------------------------------------------ state
     def load_state(self, state: NodeState) -> None:
@@ -215,9 +226,3 @@ class Node:
             except ValueError:
                 return None
         return self._honest_rule
-
-
-def _parameters(attack: str) -> Mapping[str, Any]:
-    from flwr_tempered.attacks import attack_parameters
-
-    return attack_parameters(attack)

@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
-from flwr_tempered.node.task import TaskFactory
+from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
 
 from .exchange import ExchangeError, ModelExchange, SharedMemoryExchange, make_exchange
 from .protocol import INSTRUCTIONS, METRICS, REPORT
@@ -34,9 +34,14 @@ def run_config_of(context: Context) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
+def _task(position: int, world: World, tasks: TaskFactory | None) -> TrainingTask:
+    """The training task at ``position``: the user's when given, else the built-in one."""
+    return tasks(world, position) if tasks is not None else SupervisedTask(world, position)
+
+
 def _node(position: int, world: World, tasks: TaskFactory | None) -> Node:
-    """The node at ``position``, with the user's training task when one is given."""
-    return Node(position, world, tasks(world, position) if tasks is not None else None)
+    """The node at ``position``, running its training task."""
+    return Node(position, world, _task(position, world, tasks))
 
 
 def _instructions(message: Message) -> dict[str, Any]:
@@ -193,7 +198,7 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
         stacked = torch.stack(list(models.values()))
         average = stacked.mean(dim=0)
         metrics["consensus_distance"] = float(((stacked - average) ** 2).sum(dim=1).mean())
-        task = _node(int(instructions["position"]), world, tasks).task
+        task = _task(int(instructions["position"]), world, tasks)
         for group, members in world.topology.groups.items():
             present = [models[m] for m in members if m in models]
             if not present:

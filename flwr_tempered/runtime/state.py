@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from flwr_tempered.node import NodeState
 
@@ -58,8 +58,6 @@ def save_node_state(state: NodeState, records: RecordDict) -> None:
 
 
 def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    from flwr.app import Array
-
     return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
