@@ -158,7 +158,7 @@ class Node:
         if self.byzantine or not vectors:
             return metrics
         params = self.state.params
-        kept, reasons = screen(vectors, params.shape[0], np.dtype(str(params.dtype)[6:]))
+        kept, reasons = screen(vectors, params.shape[0], params.detach().cpu()[:0].numpy().dtype)
         metrics["rejected_malformed"] = float(len(reasons))
         if not kept:
             return metrics
