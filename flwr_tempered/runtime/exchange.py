@@ -35,6 +35,10 @@ class ExchangeError(ValueError):
     """A model could not be fetched: unknown digest, unreadable, or not matching."""
 
 
+class DigestMismatchError(ExchangeError):
+    """The bytes found under a digest are not the bytes that digest names."""
+
+
 class ModelExchange(ABC):
     """Publish a model, get its digest; fetch by digest, verified."""
 
@@ -66,7 +70,7 @@ class ModelExchange(ABC):
 def _verified(array: np.ndarray, digest: str) -> np.ndarray:
     actual = array_digest(array)
     if actual != digest:
-        raise ExchangeError(f"model bytes do not match digest {digest[:12]}… (got {actual[:12]}…)")
+        raise DigestMismatchError(f"model bytes do not match digest {digest[:12]}… (got {actual[:12]}…)")
     return array
 
 

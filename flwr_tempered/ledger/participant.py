@@ -1,0 +1,216 @@
+"""A node's side of the ledger, free of any transport.
+
+A :class:`Participant` holds the node's key pair and what it knows about the run: the
+genesis it pinned (public keys of every node), the messages it accepted and rejected in
+recent rounds, the blocks it endorsed, and the proven equivocators it excludes. It
+
+* signs the header of every model the node sends (:meth:`sign`),
+* checks every header it receives before the model may be aggregated (:meth:`receive`),
+* checks a proposed block before endorsing it (:meth:`endorse`): valid contents, its own
+  accepted and rejected messages all present (the relay cannot censor its reports), at
+  most one block endorsed per round; and learns the evidence the block carries.
+
+Its state is a small JSON dictionary (:meth:`state_dict`), kept with the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .block import Block, Genesis, endorse, key_proof_bytes
+from .crypto import KeyPair, sha256_hex
+from .records import (
+    BROADCAST,
+    MalformedRecord,
+    Rejection,
+    SignedHeader,
+    header_problem,
+)
+
+#: What honest nodes do with a node once evidence proves it equivocated.
+EQUIVOCATOR_POLICIES = ("keep", "exclude")
+
+#: How many recent rounds of reports a participant remembers (to check proposals).
+REMEMBERED_ROUNDS = 4
+
+T = TypeVar("T")
+
+
+class LedgerProtocolError(RuntimeError):
+    """The relay broke the protocol in a way the node refuses to go along with (for
+    example, a different genesis than the one the node pinned)."""
+
+
+@dataclass
+class _RoundRecord:
+    accepted: set[SignedHeader] = field(default_factory=set)
+    rejected: set[Rejection] = field(default_factory=set)
+    sent: set[SignedHeader] = field(default_factory=set)
+
+
+class Participant:
+    """Node ``position``'s identity and view of the ledger."""
+
+    def __init__(self, position: int, keys: KeyPair, run_id: str, *,
+                 policy: str = "keep") -> None:
+        if policy not in EQUIVOCATOR_POLICIES:
+            raise ValueError(f"equivocator policy must be one of {', '.join(EQUIVOCATOR_POLICIES)}, "
+                             f"got {policy!r}")
+        self.position, self.keys, self.run_id, self.policy = position, keys, run_id, policy
+        self.genesis: Genesis | None = None
+        self.genesis_hash: str | None = None
+        self.excluded: set[int] = set()
+        self.endorsed: dict[int, str] = {}
+        self._rounds: dict[int, _RoundRecord] = {}
+
+    # ---------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position, "seed": self.keys.seed_hex, "run_id": self.run_id,
+            "policy": self.policy, "genesis_hash": self.genesis_hash,
+            "excluded": sorted(self.excluded),
+            "endorsed": {str(r): h for r, h in self.endorsed.items()},
+            "rounds": {str(r): {"accepted": [h.to_dict() for h in sorted(rec.accepted)],
+                                "rejected": [x.to_dict() for x in sorted(rec.rejected)],
+                                "sent": [h.to_dict() for h in sorted(rec.sent)]}
+                       for r, rec in self._rounds.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, data: Mapping[str, Any], genesis_body: bytes | None = None
+                        ) -> Participant:
+        """Rebuild from :meth:`state_dict`; the pinned genesis is re-read from
+        ``genesis_body`` when given (and must hash to the pinned value)."""
+        participant = cls(int(data["position"]), KeyPair.from_hex(str(data["seed"])),
+                          str(data["run_id"]), policy=str(data["policy"]))
+        participant.excluded = {int(x) for x in data["excluded"]}
+        participant.endorsed = {int(r): str(h) for r, h in data["endorsed"].items()}
+        for r, rec in data["rounds"].items():
+            participant._rounds[int(r)] = _RoundRecord(
+                accepted={SignedHeader.from_dict(h) for h in rec["accepted"]},
+                rejected={Rejection.from_dict(x) for x in rec["rejected"]},
+                sent={SignedHeader.from_dict(h) for h in rec["sent"]},
+            )
+        participant.genesis_hash = data.get("genesis_hash")
+        if genesis_body is not None and participant.genesis_hash is not None:
+            participant.adopt_genesis(genesis_body)
+        return participant
+
+    # ------------------------------------------------------------------- identity
+    def introduce(self) -> dict[str, str]:
+        """The public key to register in the genesis, with a proof of possession."""
+        proof = self.keys.sign(key_proof_bytes(self.run_id, self.position, self.keys.public_key))
+        return {"public_key": self.keys.public_key, "proof": proof}
+
+    def adopt_genesis(self, body: bytes) -> Genesis:
+        """Pin the run's genesis on first sight; afterwards insist on the same one."""
+        digest = sha256_hex(body)
+        if self.genesis is not None and digest == self.genesis_hash:
+            return self.genesis
+        if self.genesis_hash is not None and digest != self.genesis_hash:
+            raise LedgerProtocolError(
+                f"node {self.position}: the relay sent a different genesis than the pinned "
+                f"{self.genesis_hash[:12]}…")
+        genesis = Genesis.from_body(body)
+        reason = genesis.problem()
+        if reason is None and genesis.run_id != self.run_id:
+            reason = "genesis is for another run"
+        if reason is None and genesis.keys.get(self.position) != self.keys.public_key:
+            reason = f"genesis does not register node {self.position}'s key"
+        if reason is not None:
+            raise LedgerProtocolError(f"node {self.position}: invalid genesis: {reason}")
+        self.genesis, self.genesis_hash = genesis, digest
+        return genesis
+
+    @property
+    def public_keys(self) -> Mapping[int, str]:
+        if self.genesis is None:
+            raise LedgerProtocolError(f"node {self.position} has no genesis yet")
+        return self.genesis.keys
+
+    # ------------------------------------------------------------------- messages
+    def _record(self, round: int) -> _RoundRecord:
+        record = self._rounds.setdefault(round, _RoundRecord())
+        for old in [r for r in self._rounds if r <= round - REMEMBERED_ROUNDS]:
+            del self._rounds[old]
+        return record
+
+    def sign(self, round: int, digest: str, recipient: str | int = BROADCAST) -> SignedHeader:
+        """Sign (and remember) the header of a model this node sends in ``round``."""
+        header = SignedHeader(self.run_id, round, self.position, digest, str(recipient))
+        header = SignedHeader(**{**header.signed_fields(),
+                                 "signature": self.keys.sign(header.signed_bytes())})
+        self._record(round).sent.add(header)
+        return header
+
+    def receive(self, round: int, sender: int, digest: str, header: Any,
+                fetch: Callable[[], T]) -> tuple[T | None, str | None]:
+        """Check a message from ``sender`` and, if it is authentic, fetch its model.
+
+        Returns ``(model, None)`` or ``(None, reason)`` with a reason from
+        :data:`~flwr_tempered.ledger.records.REJECTION_REASONS`. ``fetch`` raises
+        ``LookupError`` for a model it cannot find and ``ValueError`` for bytes that do
+        not match the digest. Either way the outcome is remembered for the block.
+        """
+        reason = header_problem(header, self.public_keys, run_id=self.run_id, round=round,
+                                sender=sender, recipient=self.position, digest=digest)
+        if reason is None and sender in self.excluded:
+            reason = "excluded"
+        model: T | None = None
+        if reason is None:
+            try:
+                model = fetch()
+            except LookupError:
+                reason = "missing_model"
+            except ValueError:
+                reason = "digest_mismatch"
+        record = self._record(round)
+        if reason is None:
+            record.accepted.add(header if isinstance(header, SignedHeader)
+                                else SignedHeader.from_dict(header))
+        else:
+            record.rejected.add(Rejection(round, self.position, sender, digest, reason))
+        return model, reason
+
+    def report(self, round: int) -> dict[str, Any]:
+        """What this node tells the block builder about ``round``."""
+        record = self._rounds.get(round, _RoundRecord())
+        return {"round": round,
+                "accepted": [h.to_dict() for h in sorted(record.accepted)],
+                "rejected": [x.to_dict() for x in sorted(record.rejected)]}
+
+    # -------------------------------------------------------------------- blocks
+    def endorse(self, body: bytes) -> tuple[str | None, str | None]:
+        """Check a proposed block; return ``(signature, None)`` or ``(None, refusal)``.
+
+        Evidence in a valid block is learned: under the ``exclude`` policy its senders'
+        messages are refused from then on.
+        """
+        try:
+            block = Block.from_body(body)
+        except MalformedRecord as error:
+            return None, f"malformed proposal: {error}"
+        if block.run_id != self.run_id:
+            return None, "proposal is for another run"
+        previous = self.endorsed.get(block.round)
+        if previous is not None and previous != block.hash:
+            return None, f"already endorsed another block for round {block.round}"
+        reason = block.problem(self.public_keys)
+        if reason is not None:
+            return None, reason
+        record = self._rounds.get(block.round)
+        if record is not None:
+            if not record.accepted <= set(block.commitments):
+                return None, "proposal omits a message this node accepted"
+            if not record.sent <= set(block.commitments):
+                return None, "proposal omits a message this node sent"
+            if not record.rejected <= set(block.rejections):
+                return None, "proposal omits a message this node rejected"
+        if self.policy == "exclude":
+            self.excluded |= {e.sender for e in block.evidence}
+        self.endorsed[block.round] = block.hash
+        for old in [r for r in self.endorsed if r <= block.round - REMEMBERED_ROUNDS]:
+            del self.endorsed[old]
+        return endorse(self.keys, block.hash), None
