@@ -18,7 +18,7 @@ from .records import (
     BROADCAST,
     REJECTION_REASONS,
     Evidence,
-    MalformedRecord,
+    MalformedRecordError,
     Rejection,
     SignedHeader,
     find_equivocations,
@@ -31,7 +31,7 @@ from .verify import LedgerError, LedgerReport, summarize, verify_ledger
 __all__ = [
     "BROADCAST", "EQUIVOCATOR_POLICIES", "LEDGER_FILE", "REJECTION_REASONS", "Block",
     "BlockBuilder", "CommitOutcome", "Evidence", "Genesis", "KeyPair", "LedgerError",
-    "LedgerProtocolError", "LedgerReport", "LedgerStore", "MalformedRecord", "Participant",
+    "LedgerProtocolError", "LedgerReport", "LedgerStore", "MalformedRecordError", "Participant",
     "Rejection", "SignedHeader", "default_f", "find_equivocations", "header_problem",
     "ledger_path", "make_block", "merkle_root", "quorum_size", "sha256_hex", "sign_header",
     "signature_backend", "summarize", "verify_ledger", "verify_signature",

@@ -21,7 +21,7 @@ from .crypto import KeyPair, sha256_hex, verify_signature
 from .merkle import merkle_root
 from .records import (
     Evidence,
-    MalformedRecord,
+    MalformedRecordError,
     Rejection,
     SignedHeader,
     _exact_keys,
@@ -63,11 +63,11 @@ def parse_body(body: bytes, what: str) -> Mapping[str, Any]:
     try:
         data = json.loads(body.decode("ascii"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedRecord(f"{what} is not valid JSON: {error}") from None
+        raise MalformedRecordError(f"{what} is not valid JSON: {error}") from None
     if canonical_json(data) != body:
-        raise MalformedRecord(f"{what} is not in canonical form")
+        raise MalformedRecordError(f"{what} is not in canonical form")
     if not isinstance(data, Mapping):
-        raise MalformedRecord(f"{what} must be a JSON object")
+        raise MalformedRecordError(f"{what} must be a JSON object")
     return data
 
 
@@ -109,14 +109,15 @@ class Genesis:
                            {"version", "kind", "run_id", "created_ms", "f", "keys", "proofs",
                             "config"}, "genesis")
         if data["version"] != VERSION or data["kind"] != "genesis":
-            raise MalformedRecord("genesis: wrong version or kind")
+            raise MalformedRecordError("genesis: wrong version or kind")
         keys, proofs = data["keys"], data["proofs"]
-        if not isinstance(keys, Mapping) or not isinstance(proofs, Mapping) or set(keys) != set(proofs):
-            raise MalformedRecord("genesis: keys and proofs must map the same positions")
+        if (not isinstance(keys, Mapping) or not isinstance(proofs, Mapping)
+                or set(keys) != set(proofs)):
+            raise MalformedRecordError("genesis: keys and proofs must map the same positions")
         if not all(p.isdigit() and str(int(p)) == p for p in keys):
-            raise MalformedRecord("genesis: positions must be non-negative integers")
+            raise MalformedRecordError("genesis: positions must be non-negative integers")
         if not isinstance(data["config"], Mapping):
-            raise MalformedRecord("genesis: config must be an object")
+            raise MalformedRecordError("genesis: config must be an object")
         return cls(
             run_id=_field(data, "run_id", str, "genesis"),
             created_ms=_field(data, "created_ms", int, "genesis"),
@@ -177,10 +178,10 @@ class Block:
             "version", "kind", "height", "round", "run_id", "prev_hash", "timestamp_ms",
             "merkle_root", "commitments", "rejections", "evidence"}, "block")
         if data["version"] != VERSION or data["kind"] != "round":
-            raise MalformedRecord("block: wrong version or kind")
+            raise MalformedRecordError("block: wrong version or kind")
         for name in ("commitments", "rejections", "evidence"):
             if not isinstance(data[name], list):
-                raise MalformedRecord(f"block: {name} must be a list")
+                raise MalformedRecordError(f"block: {name} must be a list")
         block = cls(
             height=_field(data, "height", int, "block"),
             round=_field(data, "round", int, "block"),
@@ -192,7 +193,7 @@ class Block:
             evidence=tuple(Evidence.from_dict(e) for e in data["evidence"]),
         )
         if data["merkle_root"] != block.merkle_root:
-            raise MalformedRecord("block: Merkle root does not match the commitments")
+            raise MalformedRecordError("block: Merkle root does not match the commitments")
         return block
 
     def problem(self, public_keys: Mapping[int, str]) -> str | None:

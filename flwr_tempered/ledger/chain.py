@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .block import Block, Genesis, endorsement_is_valid, make_block
-from .records import MalformedRecord, Rejection, SignedHeader
+from .records import MalformedRecordError, Rejection, SignedHeader
 from .store import LedgerStore
 
 
@@ -45,7 +45,7 @@ class BlockBuilder:
         for candidate in candidates:
             try:
                 header = SignedHeader.from_dict(candidate)
-            except MalformedRecord:
+            except MalformedRecordError:
                 continue
             if (header.run_id == self.genesis.run_id and header.round == round
                     and header.is_validly_signed(self.genesis.keys)):
@@ -65,7 +65,7 @@ class BlockBuilder:
             for entry in report.get("rejected", []):
                 try:
                     rejection = Rejection.from_dict(entry)
-                except MalformedRecord:
+                except MalformedRecordError:
                     continue
                 if (rejection.receiver == receiver and rejection.round == round
                         and rejection.sender in self.genesis.keys):

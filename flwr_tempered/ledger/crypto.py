@@ -94,8 +94,8 @@ class KeyPair:
     def sign(self, message: bytes) -> str:
         """Hex Ed25519 signature of ``message``."""
         if signature_backend() == "openssl":
-            return _openssl_private_key(self.seed).sign(message).hex()  # type: ignore[no-any-return]
-        return eddsa.new(self._pycryptodome_key, "rfc8032").sign(message).hex()  # type: ignore[no-any-return]
+            return _openssl_private_key(self.seed).sign(message).hex()
+        return eddsa.new(self._pycryptodome_key, "rfc8032").sign(message).hex()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -23,7 +23,7 @@ from .block import Block, Genesis, endorse, key_proof_bytes
 from .crypto import KeyPair, sha256_hex
 from .records import (
     BROADCAST,
-    MalformedRecord,
+    MalformedRecordError,
     Rejection,
     SignedHeader,
     header_problem,
@@ -56,8 +56,8 @@ class Participant:
     def __init__(self, position: int, keys: KeyPair, run_id: str, *,
                  policy: str = "keep") -> None:
         if policy not in EQUIVOCATOR_POLICIES:
-            raise ValueError(f"equivocator policy must be one of {', '.join(EQUIVOCATOR_POLICIES)}, "
-                             f"got {policy!r}")
+            raise ValueError("equivocator policy must be one of "
+                             f"{', '.join(EQUIVOCATOR_POLICIES)}, got {policy!r}")
         self.position, self.keys, self.run_id, self.policy = position, keys, run_id, policy
         self.genesis: Genesis | None = None
         self.genesis_hash: str | None = None
@@ -190,7 +190,7 @@ class Participant:
         """
         try:
             block = Block.from_body(body)
-        except MalformedRecord as error:
+        except MalformedRecordError as error:
             return None, f"malformed proposal: {error}"
         if block.run_id != self.run_id:
             return None, "proposal is for another run"

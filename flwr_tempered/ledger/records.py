@@ -37,7 +37,7 @@ REJECTION_REASONS = (
 )
 
 
-class MalformedRecord(ValueError):
+class MalformedRecordError(ValueError):
     """A ledger record that does not parse as the exact canonical structure expected."""
 
 
@@ -50,17 +50,18 @@ def canonical_json(value: Any) -> bytes:
 def _field(data: Mapping[str, Any], name: str, kind: type, what: str) -> Any:
     value = data.get(name)
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise MalformedRecord(f"{what}: {name} must be an integer, got {value!r}")
+        raise MalformedRecordError(f"{what}: {name} must be an integer, got {value!r}")
     if kind is not int and not isinstance(value, kind):
-        raise MalformedRecord(f"{what}: {name} must be a {kind.__name__}, got {value!r}")
+        raise MalformedRecordError(f"{what}: {name} must be a {kind.__name__}, got {value!r}")
     return value
 
 
 def _exact_keys(data: Any, keys: set[str], what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
-        raise MalformedRecord(f"{what} must be a JSON object, got {type(data).__name__}")
+        raise MalformedRecordError(f"{what} must be a JSON object, got {type(data).__name__}")
     if set(data) != keys:
-        raise MalformedRecord(f"{what} must have exactly the keys {sorted(keys)}, got {sorted(data)}")
+        raise MalformedRecordError(
+            f"{what} must have exactly the keys {sorted(keys)}, got {sorted(data)}")
     return data
 
 
@@ -92,7 +93,7 @@ class SignedHeader:
 
     @classmethod
     def from_dict(cls, data: Any) -> SignedHeader:
-        """Strict parse; :class:`MalformedRecord` names the first bad field."""
+        """Strict parse; :class:`MalformedRecordError` names the first bad field."""
         data = _exact_keys(data, {"run_id", "round", "sender", "digest", "recipient",
                                   "signature"}, "header")
         header = cls(
@@ -104,12 +105,14 @@ class SignedHeader:
             signature=_field(data, "signature", str, "header"),
         )
         if not is_digest(header.digest):
-            raise MalformedRecord(f"header: digest is not a lowercase hex SHA-256: {header.digest!r}")
+            raise MalformedRecordError(
+                f"header: digest is not a lowercase hex SHA-256: {header.digest!r}")
         if header.recipient != BROADCAST and not (
             header.recipient.isdigit() and str(int(header.recipient)) == header.recipient
         ):
-            raise MalformedRecord(
-                f"header: recipient must be {BROADCAST!r} or a node position, got {header.recipient!r}"
+            raise MalformedRecordError(
+                f"header: recipient must be {BROADCAST!r} or a node position, "
+                f"got {header.recipient!r}"
             )
         return header
 
@@ -123,7 +126,8 @@ def sign_header(keys: KeyPair, *, run_id: str, round: int, sender: int, digest: 
                 recipient: str | int = BROADCAST) -> SignedHeader:
     """``sender``'s signed header for the model ``digest`` sent in ``round``."""
     unsigned = SignedHeader(run_id, int(round), int(sender), digest, str(recipient))
-    return SignedHeader(**{**unsigned.signed_fields(), "signature": keys.sign(unsigned.signed_bytes())})
+    signature = keys.sign(unsigned.signed_bytes())
+    return SignedHeader(**{**unsigned.signed_fields(), "signature": signature})
 
 
 def header_problem(header: Any, public_keys: Mapping[int, str], *, run_id: str, round: int,
@@ -136,7 +140,7 @@ def header_problem(header: Any, public_keys: Mapping[int, str], *, run_id: str, 
     if not isinstance(header, SignedHeader):
         try:
             header = SignedHeader.from_dict(header)
-        except MalformedRecord:
+        except MalformedRecordError:
             return "malformed_header"
     if sender not in public_keys:
         return "unknown_sender"
@@ -180,7 +184,7 @@ class Rejection:
             reason=_field(data, "reason", str, "rejection"),
         )
         if rejection.reason not in REJECTION_REASONS:
-            raise MalformedRecord(f"rejection: unknown reason {rejection.reason!r}")
+            raise MalformedRecordError(f"rejection: unknown reason {rejection.reason!r}")
         return rejection
 
 
@@ -206,10 +210,10 @@ class Evidence:
     def from_dict(cls, data: Any) -> Evidence:
         data = _exact_keys(data, {"kind", "headers"}, "evidence")
         if data["kind"] != "equivocation":
-            raise MalformedRecord(f"evidence: unknown kind {data['kind']!r}")
+            raise MalformedRecordError(f"evidence: unknown kind {data['kind']!r}")
         headers = data["headers"]
         if not isinstance(headers, list) or len(headers) != 2:
-            raise MalformedRecord("evidence: headers must be a list of two headers")
+            raise MalformedRecordError("evidence: headers must be a list of two headers")
         return cls(SignedHeader.from_dict(headers[0]), SignedHeader.from_dict(headers[1]))
 
     def problem(self, public_keys: Mapping[int, str]) -> str | None:
@@ -226,7 +230,8 @@ class Evidence:
             return "headers are not in canonical order"
         for header in (a, b):
             if not header.is_validly_signed(public_keys):
-                return f"signature of node {header.sender} on digest {header.digest[:12]}… is invalid"
+                return (f"signature of node {header.sender} on digest "
+                        f"{header.digest[:12]}… is invalid")
         return None
 
 

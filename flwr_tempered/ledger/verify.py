@@ -21,7 +21,7 @@ from typing import Any
 from flwr_tempered.digest import is_digest
 
 from .block import Block, Genesis, endorsement_is_valid
-from .records import Evidence, MalformedRecord, Rejection
+from .records import Evidence, MalformedRecordError, Rejection
 from .store import LedgerStore, ledger_path
 
 
@@ -107,7 +107,7 @@ def verify_ledger(path: str | Path, *, head: str | None = None) -> LedgerReport:
         raise LedgerError(first.height, "the first stored block is not the genesis block")
     try:
         genesis = Genesis.from_body(first.body)
-    except MalformedRecord as error:
+    except MalformedRecordError as error:
         raise LedgerError(0, str(error)) from None
     if first.hash != genesis.hash:
         raise LedgerError(0, "stored hash does not match the genesis body")
@@ -125,7 +125,7 @@ def verify_ledger(path: str | Path, *, head: str | None = None) -> LedgerReport:
                               f"(found block {row.height} next)")
         try:
             block = Block.from_body(row.body)
-        except MalformedRecord as error:
+        except MalformedRecordError as error:
             raise LedgerError(row.height, str(error), row.round) from None
         checks: list[tuple[bool, str]] = [
             (row.hash == block.hash, "stored hash does not match the block body"),
