@@ -145,6 +145,11 @@ class Participant:
         self._record(round).sent.add(header)
         return header
 
+    def sent_before(self, round: int) -> SignedHeader | None:
+        """The latest header this node signed in a round before ``round`` (if remembered)."""
+        earlier = [r for r, rec in self._rounds.items() if r < round and rec.sent]
+        return min(self._rounds[max(earlier)].sent) if earlier else None
+
     def receive(self, round: int, sender: int, digest: str, header: Any,
                 fetch: Callable[[], T]) -> tuple[T | None, str | None]:
         """Check a message from ``sender`` and, if it is authentic, fetch its model.

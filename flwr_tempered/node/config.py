@@ -13,8 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from flwr_tempered.ledger import EQUIVOCATOR_POLICIES
+
 #: The faults :attr:`RunConfig.faults` can inject.
-FAULT_KINDS = ("nan", "inf", "shape", "dtype", "empty", "raise", "timeout")
+FAULT_KINDS = ("nan", "inf", "shape", "dtype", "empty", "raise", "timeout",
+               "unsigned", "forge", "replay", "mismatch")
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,20 @@ class RunConfig:
     node_gpus: float = 0.0
     #: Fault injection for robustness tests: position -> {"kind": ..., "rounds": [...]}.
     #: Kinds: nan, inf, shape, dtype, empty (what the node publishes is corrupted),
-    #: raise (the node's handler raises), timeout (it answers after the round timeout).
+    #: raise (the node's handler raises), timeout (it answers after the round timeout);
+    #: and against the ledger: unsigned (no signature), forge (signed with a key that is
+    #: not the node's), replay (re-sends its previous round's message), mismatch (signs
+    #: one model, sends another).
     faults: Mapping[str, Any] = field(default_factory=dict)
+    #: Keep a ledger (signed messages, one quorum-endorsed block per round, equivocation
+    #: evidence) in ``ledger.sqlite`` of the results folder.
+    ledger: bool = True
+    #: Faulty validators the ledger tolerates; blocks need 2f + 1 endorsements. -1: the
+    #: largest f with nodes >= 3f + 1.
+    ledger_f: int = -1
+    #: What honest nodes do with a proven equivocator: ``keep`` aggregating its messages
+    #: (the robust rule copes) or ``exclude`` them from the round after the evidence.
+    equivocators: str = "keep"
 
     def __post_init__(self) -> None:
         for name in ("nodes", "rounds", "local_steps", "batch_size", "eval_every"):
@@ -76,6 +91,15 @@ class RunConfig:
             )
         if not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be > 0, got {self.round_timeout!r}")
+        if isinstance(self.ledger_f, bool) or not isinstance(self.ledger_f, int) or (
+                self.ledger_f < -1 or self.nodes < 3 * self.ledger_f + 1):
+            raise ValueError(
+                f"ledger_f must be -1 (default) or an integer f >= 0 with nodes >= 3f + 1 "
+                f"(nodes = {self.nodes}), got {self.ledger_f!r}"
+            )
+        if self.equivocators not in EQUIVOCATOR_POLICIES:
+            raise ValueError(f"equivocators must be one of {', '.join(EQUIVOCATOR_POLICIES)}, "
+                             f"got {self.equivocators!r}")
         for position, fault in self.faults.items():
             kind = fault.get("kind") if isinstance(fault, Mapping) else None
             if kind not in FAULT_KINDS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,18 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from flwr_tempered.ledger import KeyPair, Participant, SignedHeader
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
 from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
 
-from .exchange import ExchangeError, ModelExchange, SharedMemoryExchange, make_exchange
-from .protocol import INSTRUCTIONS, METRICS, REPORT
+from .exchange import (
+    DigestMismatchError,
+    ExchangeError,
+    ModelExchange,
+    SharedMemoryExchange,
+    make_exchange,
+)
+from .protocol import INSTRUCTIONS, LEDGER_STATE, METRICS, REPORT
 from .state import load_node_state, save_node_state
 
 #: Run-config keys that configure the harness, not the run itself.
@@ -63,6 +71,38 @@ def _fetch(exchange: ModelExchange, digest: str, message: Message) -> np.ndarray
         return None
 
 
+def _fetch_strict(exchange: ModelExchange, digest: str, message: Message) -> np.ndarray:
+    """Fetch for the ledger's checks: ``ValueError`` when the bytes do not match the
+    digest, ``LookupError`` when the model cannot be found."""
+    try:
+        return exchange.fetch(digest, message.content)
+    except DigestMismatchError:
+        raise
+    except ExchangeError as error:
+        raise LookupError(str(error)) from None
+
+
+def load_participant(context: Context) -> Participant | None:
+    """The node's ledger identity saved in ``context.state``, if it registered."""
+    record = context.state.get(LEDGER_STATE)
+    if not isinstance(record, ConfigRecord):
+        return None
+    return Participant.from_state_dict(json.loads(str(record["json"])))
+
+
+def save_participant(participant: Participant, context: Context) -> None:
+    context.state[LEDGER_STATE] = ConfigRecord({"json": json.dumps(participant.state_dict())})
+
+
+def _participant_for(instructions: dict[str, Any], context: Context) -> Participant:
+    """The registered participant, with the run's genesis pinned."""
+    participant = load_participant(context)
+    if participant is None:
+        raise RuntimeError("this node has no ledger key: it missed the registration message")
+    participant.adopt_genesis(str(instructions["genesis"]).encode("ascii"))
+    return participant
+
+
 def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
            outbox: RecordDict | None = None) -> Message:
     content = outbox if outbox is not None else RecordDict()
@@ -76,6 +116,36 @@ def handle_hello(message: Message, context: Context, config: RunConfig,
     """Tell the relay which data partition (topology position) this node holds."""
     partition = context.node_config.get("partition-id", -1)
     return _reply(message, {"partition_id": int(partition)}, {})
+
+
+def handle_register(message: Message, context: Context, config: RunConfig,
+                    tasks: TaskFactory | None = None) -> Message:
+    """Create this node's key pair for the run and answer its public key with a proof of
+    possession (for the genesis block)."""
+    instructions = _instructions(message)
+    run_id, position = str(instructions["run_id"]), int(instructions["position"])
+    participant = load_participant(context)
+    if participant is None or participant.run_id != run_id or participant.position != position:
+        participant = Participant(position, KeyPair.generate(), run_id,
+                                  policy=config.equivocators)
+    save_participant(participant, context)
+    return _reply(message, participant.introduce(), {})
+
+
+def _faulty_header(fault: str | None, participant: Participant, round: int, digest: str
+                   ) -> tuple[SignedHeader | None, str]:
+    """The header (and digest) a node sends under a ledger fault, or ``(None, "")`` when
+    the fault is not a ledger fault."""
+    if fault == "unsigned":
+        return None, digest
+    if fault == "forge":
+        impostor = Participant(participant.position, KeyPair.generate(), participant.run_id)
+        return impostor.sign(round, digest), digest
+    if fault == "replay":
+        earlier = participant.sent_before(round)
+        if earlier is not None:
+            return earlier, earlier.digest
+    return None, ""
 
 
 class _Clock:
@@ -114,9 +184,33 @@ def _fail_if_asked(fault: str | None, config: RunConfig) -> None:
         time.sleep(config.round_timeout + 2.0)
 
 
+def _receive(node: Node, participant: Participant | None, instructions: dict[str, Any],
+             exchange: ModelExchange, message: Message, round_: int
+             ) -> tuple[list[int], list[np.ndarray | None], dict[str, float]]:
+    """The senders and vectors this node may aggregate, and rejection counts."""
+    senders = [int(s) for s in instructions["senders"]]
+    digests = [str(d) for d in instructions["digests"]]
+    if participant is None or node.byzantine:
+        return senders, [_fetch(exchange, d, message) for d in digests], {}
+    headers = instructions.get("headers") or [None] * len(senders)
+    kept_senders: list[int] = []
+    vectors: list[np.ndarray | None] = []
+    counts: dict[str, float] = {}
+    for sender, digest, header in zip(senders, digests, headers, strict=True):
+        model, reason = participant.receive(
+            round_, sender, digest, header, partial(_fetch_strict, exchange, digest, message))
+        if reason is None:
+            kept_senders.append(sender)
+            vectors.append(model)
+        else:
+            counts[f"rejected_{reason}"] = counts.get(f"rejected_{reason}", 0.0) + 1.0
+    return kept_senders, vectors, counts
+
+
 def handle_train(message: Message, context: Context, config: RunConfig,
                  tasks: TaskFactory | None = None) -> Message:
-    """Aggregate the vectors named in the message, evaluate if asked, train, publish."""
+    """Endorse the previous block, check and aggregate the vectors named in the message,
+    evaluate if asked, train, publish (signed)."""
     instructions = _instructions(message)
     fault = config.fault_at(int(instructions["position"]), int(instructions["round"]))
     _fail_if_asked(fault, config)
@@ -129,12 +223,18 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     outbox = RecordDict()
     round_ = int(instructions["round"])
     clock = _Clock()
-    senders = [int(s) for s in instructions["senders"]]
-    vectors = [_fetch(exchange, d, message) for d in instructions["digests"]]
+    report: dict[str, Any] = {"position": node.position}
+    participant = _participant_for(instructions, context) if config.ledger else None
+    if participant is not None and instructions.get("proposal") and not node.byzantine:
+        signature, refusal = participant.endorse(str(instructions["proposal"]).encode("ascii"))
+        report.update({"endorsement": signature} if signature else {"refusal": refusal})
+    clock.lap("time_ledger_s")
+    senders, vectors, rejected = _receive(node, participant, instructions, exchange, message,
+                                          round_)
     clock.lap("time_fetch_s")
     metrics = node.aggregate(senders, vectors, round_)
+    metrics.update(rejected)
     clock.lap("time_aggregate_s")
-    report: dict[str, Any] = {"position": node.position}
     if instructions.get("publish_model") and not node.byzantine:
         report["model"] = exchange.publish(node.state.params.numpy(), outbox)
     clock.lap("time_publish_s")
@@ -144,11 +244,35 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     if instructions.get("train"):
         metrics.update(node.train(round_))
         clock.lap("time_train_s")
-        report["half"] = exchange.publish(corrupt(node.state.params.numpy(), fault), outbox)
+        params = node.state.params.numpy()
+        half = exchange.publish(corrupt(params, fault), outbox)
+        report["half"] = half
         clock.lap("time_publish_s")
+        if participant is not None and not node.crafts_vectors:
+            _sign_half(participant, report, fault, round_ + 1, half, params)
+    if participant is not None:
+        if not node.byzantine:
+            report["ledger"] = participant.report(round_)
+        save_participant(participant, context)
+    clock.lap("time_ledger_s")
     metrics.update(clock.laps)
     save_node_state(node.save_state(), context.state)
     return _reply(message, report, metrics, outbox)
+
+
+def _sign_half(participant: Participant, report: dict[str, Any], fault: str | None,
+               round: int, half: str, params: np.ndarray) -> None:
+    """Attach the signed header of the model this node sends to all its neighbours."""
+    if fault == "mismatch":  # signs the model it trained, sends other bytes
+        from flwr_tempered.digest import array_digest
+        report["header"] = participant.sign(round, array_digest(params + 1)).to_dict()
+        return
+    header, digest = _faulty_header(fault, participant, round, half)
+    if digest:
+        report["half"] = digest
+        report["header"] = header.to_dict() if header is not None else None
+        return
+    report["header"] = participant.sign(round, half).to_dict()
 
 
 def handle_attack(message: Message, context: Context, config: RunConfig,
@@ -177,8 +301,29 @@ def handle_attack(message: Message, context: Context, config: RunConfig,
     vectors = node.craft(targets, int(instructions["round"])) if targets else []
     vectors = [corrupt(v, fault) for v in vectors]
     sent = {str(t.node): exchange.publish(v, outbox) for t, v in zip(targets, vectors, strict=True)}
+    report: dict[str, Any] = {"sent": sent}
+    if config.ledger:  # one signed header per recipient (different models: equivocation)
+        participant = _participant_for(instructions, context)
+        round_ = int(instructions["round"])
+        report["headers"] = {recipient: participant.sign(round_, digest, recipient).to_dict()
+                             for recipient, digest in sent.items()}
+        save_participant(participant, context)
     save_node_state(node.save_state(), context.state)
-    return _reply(message, {"sent": sent}, dict(node.attack.stats if node.attack else {}), outbox)
+    return _reply(message, report, dict(node.attack.stats if node.attack else {}), outbox)
+
+
+def handle_commit(message: Message, context: Context, config: RunConfig,
+                  tasks: TaskFactory | None = None) -> Message:
+    """Endorse (or refuse) the block proposal in the message; Byzantine nodes abstain."""
+    instructions = _instructions(message)
+    position = int(instructions["position"])
+    participant = _participant_for(instructions, context)
+    report: dict[str, Any] = {"position": position}
+    if position not in build_world(config).topology.byzantine:
+        signature, refusal = participant.endorse(str(instructions["proposal"]).encode("ascii"))
+        report.update({"endorsement": signature} if signature else {"refusal": refusal})
+        save_participant(participant, context)
+    return _reply(message, report, {})
 
 
 def handle_audit(message: Message, context: Context, config: RunConfig,
@@ -240,5 +385,13 @@ def make_client_app(config: RunConfig | None = None, tasks: TaskFactory | None =
     @app.query("audit")
     def audit(message: Message, context: Context) -> Message:
         return handle_audit(message, context, resolve(context), tasks)
+
+    @app.query("register")
+    def register(message: Message, context: Context) -> Message:
+        return handle_register(message, context, resolve(context), tasks)
+
+    @app.query("commit")
+    def commit(message: Message, context: Context) -> Message:
+        return handle_commit(message, context, resolve(context), tasks)
 
     return app

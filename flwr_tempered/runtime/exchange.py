@@ -70,7 +70,8 @@ class ModelExchange(ABC):
 def _verified(array: np.ndarray, digest: str) -> np.ndarray:
     actual = array_digest(array)
     if actual != digest:
-        raise DigestMismatchError(f"model bytes do not match digest {digest[:12]}… (got {actual[:12]}…)")
+        raise DigestMismatchError(
+            f"model bytes do not match digest {digest[:12]}… (got {actual[:12]}…)")
     return array
 
 

@@ -1,10 +1,14 @@
 """The messages of a decentralized round: names and keys shared by relay and nodes.
 
-Per training round the relay sends every node one ``train`` message (aggregate what you
-were sent, maybe evaluate, train, publish), then every model-poisoning node one
-``query.attack`` message (craft a vector per recipient), and on evaluation rounds one
-honest node a ``query.audit`` message (average the honest models, measure consensus).
-Models are named by digest; see :mod:`flwr_tempered.runtime.exchange`.
+Once, the relay asks every node to register a key pair for the run's ledger
+(``query.register``). Per training round the relay sends every node one ``train``
+message (aggregate what you were sent, maybe evaluate, train, publish), then every
+model-poisoning node one ``query.attack`` message (craft a vector per recipient), and on
+evaluation rounds one honest node a ``query.audit`` message (average the honest models,
+measure consensus). Models are named by digest; see :mod:`flwr_tempered.runtime.exchange`.
+With the ledger on, every model travels with its sender's signed header, a train message
+also carries the previous round's block proposal for the node to endorse, and the last
+block is endorsed through a ``query.commit`` message.
 """
 
 from __future__ import annotations
@@ -14,8 +18,14 @@ TRAIN = "train"
 HELLO = "query.hello"
 ATTACK = "query.attack"
 AUDIT = "query.audit"
+REGISTER = "query.register"
+COMMIT = "query.commit"
 
 #: Record names inside a message's ``RecordDict``.
 INSTRUCTIONS = "tempered.instructions"
 REPORT = "tempered.report"
 METRICS = "tempered.metrics"
+
+#: Key of a node's ledger identity (its :class:`~flwr_tempered.ledger.Participant` state)
+#: in the ClientApp's ``context.state``.
+LEDGER_STATE = "tempered.ledger"

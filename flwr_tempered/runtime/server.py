@@ -15,6 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_tempered.experiments.results import RunResults, plot_run
+from flwr_tempered.ledger import LEDGER_FILE
 from flwr_tempered.node import RunConfig
 from flwr_tempered.strategies import DecentralizedStrategy
 
@@ -32,7 +33,8 @@ def default_results_folder(config: RunConfig) -> Path:
 
 def run_relay(grid: Grid, config: RunConfig, out: str | Path,
               progress: ProgressCallback | None = None) -> Path:
-    """Run ``config`` over ``grid``; write config, metrics, timings and a plot to ``out``."""
+    """Run ``config`` over ``grid``; write config, metrics, timings, the ledger
+    (``ledger.sqlite``, unless the config turns it off) and a plot to ``out``."""
     results = RunResults(out)
     results.write_config(config.to_dict())
     exchange: ModelExchange
@@ -53,7 +55,7 @@ def run_relay(grid: Grid, config: RunConfig, out: str | Path,
 
     strategy = DecentralizedStrategy(config, on_metrics=on_metrics, exchange=exchange)
     try:
-        strategy.start(grid, store=store)
+        strategy.start(grid, store=store, ledger=Path(out) / LEDGER_FILE)
     finally:
         exchange.close()
         results.write_timings(strategy.timings)

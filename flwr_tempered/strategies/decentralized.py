@@ -7,6 +7,12 @@ ask for, and keeps nothing but digests. It never averages and never evaluates a 
 one honest node is asked to audit the honest models (average accuracy, consensus
 distance) on evaluation rounds.
 
+With the run's ledger on, the relay also forwards each model's signed header, gathers the
+receivers' reports into one block proposal per round (a :class:`~flwr_tempered.ledger.
+BlockBuilder`), sends it with the next round's message for the nodes to endorse, and
+stores it once ``2f + 1`` endorsements are back. The relay needs no trust: receivers
+check every signature, validators check every proposal.
+
 Omniscient attacks get their view through the relay: a Byzantine node is sent the
 digests of its targets' models and of their honest neighbours' models, and reads them
 from the exchange. This models the worst-case adversary of the robustness literature
@@ -17,8 +23,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -26,14 +34,17 @@ from flwr.serverapp import Grid
 
 from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
 from flwr_tempered.digest import is_digest
+from flwr_tempered.ledger import Block, BlockBuilder, Genesis, LedgerStore, default_f
 from flwr_tempered.node import RunConfig, topology_of
 from flwr_tempered.runtime.exchange import InlineExchange, ModelExchange
 from flwr_tempered.runtime.protocol import (
     ATTACK,
     AUDIT,
+    COMMIT,
     HELLO,
     INSTRUCTIONS,
     METRICS,
+    REGISTER,
     REPORT,
     TRAIN,
 )
@@ -116,6 +127,9 @@ class DecentralizedStrategy:
         self.history: list[dict[str, Any]] = []
         self._published: set[str] = set()
         self.timings: list[dict[str, float]] = []
+        self.builder: BlockBuilder | None = None
+        self._ledger_counts = {"ledger_blocks": 0, "ledger_rejections": 0}
+        self._equivocators: set[int] = set()
 
     # ------------------------------------------------------------------- messaging
     def _send(self, grid: Grid, kind: str, payloads: dict[int, dict[str, Any]],
@@ -173,22 +187,39 @@ class DecentralizedStrategy:
         return provisional
 
     # ------------------------------------------------------------------------ run
-    def start(self, grid: Grid, *, timeout: float | None = None, store: str | None = None
-              ) -> list[dict[str, Any]]:
+    def start(self, grid: Grid, *, timeout: float | None = None, store: str | None = None,
+              ledger: str | Path | None = None) -> list[dict[str, Any]]:
         """Run every round over ``grid``, like Flower's ``Strategy.start``; returns the
         metrics lines (also passed to ``on_metrics``).
 
         The number of rounds is the run config's, because the nodes read it too (BALANCE's
         schedule). ``timeout`` overrides how long a round waits for replies; ``store`` is
-        the shared-memory directory of the ``shared`` exchange.
+        the shared-memory directory of the ``shared`` exchange; ``ledger`` the SQLite file
+        of the run's ledger (in memory when not given; ignored when the config turns the
+        ledger off).
         """
         if timeout is not None:
             self.config = replace(self.config, round_timeout=timeout)
-        config, topology = self.config, self.topology
+        config = self.config
         node_ids = self._discover(grid)
+        genesis = ""
+        if config.ledger:
+            self.builder = self._open_ledger(grid, node_ids, ledger)
+            genesis = self.builder.genesis.body().decode("ascii")
+        try:
+            return self._rounds(grid, node_ids, store, genesis)
+        finally:
+            if self.builder is not None:
+                self.builder.store.close()
+
+    def _rounds(self, grid: Grid, node_ids: dict[int, int], store: str | None, genesis: str
+                ) -> list[dict[str, Any]]:
+        config, topology, builder = self.config, self.topology, self.builder
         honest = [p for p in range(topology.n) if p not in topology.byzantine]
-        inputs: dict[int, list[tuple[int, str]]] = {p: [] for p in range(topology.n)}
+        inputs: dict[int, list[tuple[int, str, Any]]] = {p: [] for p in range(topology.n)}
         mailbox: dict[str, ArrayRecord] = {}
+        proposal: Block | None = None
+        signed: dict[int, list[Any]] = {}  # round -> headers the senders returned
         for message_round in range(1, config.rounds + 2):
             t = message_round - 1  # the round whose vectors get aggregated now
             evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
@@ -198,29 +229,53 @@ class DecentralizedStrategy:
                 p: {
                     "round": t, "position": p, "store": store, "train": train,
                     "evaluate": evaluate, "publish_model": publish_model,
-                    "senders": [s for s, _ in inputs[p]], "digests": [d for _, d in inputs[p]],
+                    "senders": [s for s, _, _ in inputs[p]],
+                    "digests": [d for _, d, _ in inputs[p]],
                 }
                 for p in range(topology.n)
             }
+            if builder is not None:
+                for p, payload in payloads.items():
+                    payload.update({
+                        "genesis": genesis, "headers": [h for _, _, h in inputs[p]],
+                        "proposal": proposal.body().decode("ascii") if proposal else None,
+                    })
             start = time.perf_counter()
             log = self._send(grid, TRAIN, payloads, node_ids, mailbox)
             half = {p: r.report["half"] for p, r in log.replies.items() if "half" in r.report}
+            headers = {p: r.report.get("header") for p, r in log.replies.items()}
             models = {p: r.report["model"] for p, r in log.replies.items() if "model" in r.report}
+            ledger_start = time.perf_counter()
+            if builder is not None:
+                if proposal is not None:
+                    self._commit(proposal, log)
+                reports = {p: r.report["ledger"] for p, r in log.replies.items()
+                           if isinstance(r.report.get("ledger"), dict)}
+                proposal = builder.propose(t, signed.pop(t, []), reports) if t >= 1 else None
+                signed[t + 1] = [h for h in headers.values() if h]
+            ledger_seconds = time.perf_counter() - ledger_start
             audit: dict[str, float] = {}
             if evaluate:
                 audit = self._audit(grid, node_ids, store, models, honest, log, mailbox)
             crafted: dict[int, dict[str, str]] = {}
+            crafted_headers: dict[int, dict[str, Any]] = {}
             attack_seconds = 0.0
             if train and self.model_poisoning:
-                attack_log = self._attack(grid, node_ids, store, half, models, mailbox, t + 1)
+                attack_log = self._attack(grid, node_ids, store, half, models, mailbox, t + 1,
+                                          genesis)
                 attack_seconds = attack_log.seconds
                 crafted = {p: r.report.get("sent", {}) for p, r in attack_log.replies.items()}
-            inputs = self._next_inputs(half, crafted)
+                crafted_headers = {p: r.report.get("headers", {})
+                                   for p, r in attack_log.replies.items()}
+                signed.setdefault(t + 1, []).extend(
+                    h for sent in crafted_headers.values() for h in sent.values() if h)
+            inputs = self._next_inputs(half, crafted, headers, crafted_headers)
             self._published |= set(half.values()) | set(models.values())
             self._published |= {d for sent in crafted.values() for d in sent.values()}
             self._forget_all_but(inputs, mailbox)
             timing = {"round": float(t), "train_message_s": log.seconds,
-                      "attack_message_s": attack_seconds, "total_s": time.perf_counter() - start}
+                      "attack_message_s": attack_seconds, "ledger_s": ledger_seconds,
+                      "total_s": time.perf_counter() - start}
             for reply in log.replies.values():  # node-side phases, summed over nodes
                 for key, value in reply.metrics.items():
                     if key.startswith("time_"):
@@ -233,13 +288,51 @@ class DecentralizedStrategy:
                     self.on_metrics(line)
             if not train:
                 break
+        if builder is not None and proposal is not None:
+            self._commit_last(grid, node_ids, proposal, genesis)
         return self.history
 
-    def _forget_all_but(self, inputs: dict[int, list[tuple[int, str]]],
+    # --------------------------------------------------------------------- ledger
+    def _open_ledger(self, grid: Grid, node_ids: dict[int, int], path: str | Path | None
+                     ) -> BlockBuilder:
+        """Have every node register a key pair; write the genesis block."""
+        run_id = uuid.uuid4().hex
+        log = self._send(grid, REGISTER, {p: {"run_id": run_id, "position": p} for p in node_ids},
+                         node_ids)
+        keys, proofs = {}, {}
+        for position, reply in log.replies.items():
+            key, proof = reply.report.get("public_key"), reply.report.get("proof")
+            if isinstance(key, str) and isinstance(proof, str):
+                keys[position], proofs[position] = key, proof
+        f = self.config.ledger_f if self.config.ledger_f >= 0 else default_f(len(keys))
+        genesis = Genesis(run_id, int(time.time() * 1000), f, keys, proofs, self.config.to_dict())
+        return BlockBuilder(LedgerStore(path if path is not None else ":memory:"), genesis)
+
+    def _commit(self, proposal: Block, log: RoundLog) -> None:
+        """Commit ``proposal`` with the endorsements in the replies of ``log``."""
+        assert self.builder is not None
+        endorsements = {p: str(r.report["endorsement"]) for p, r in log.replies.items()
+                        if isinstance(r.report.get("endorsement"), str)}
+        refusals = {p: str(r.report["refusal"]) for p, r in log.replies.items()
+                    if "refusal" in r.report}
+        outcome = self.builder.commit(proposal, endorsements, refusals)
+        if outcome.committed:
+            self._ledger_counts["ledger_blocks"] += 1
+            self._ledger_counts["ledger_rejections"] += len(proposal.rejections)
+            self._equivocators |= {e.sender for e in proposal.evidence}
+
+    def _commit_last(self, grid: Grid, node_ids: dict[int, int], proposal: Block,
+                     genesis: str) -> None:
+        """The last round's block has no next round to ride on: ask for endorsements."""
+        body = proposal.body().decode("ascii")
+        payloads = {p: {"position": p, "genesis": genesis, "proposal": body} for p in node_ids}
+        self._commit(proposal, self._send(grid, COMMIT, payloads, node_ids))
+
+    def _forget_all_but(self, inputs: dict[int, list[tuple[int, str, Any]]],
                         mailbox: dict[str, ArrayRecord]) -> None:
         """Drop every model the next round does not need, from the relay's mailbox
         (inline) and from the store (shared)."""
-        needed = {digest for pairs in inputs.values() for _, digest in pairs}
+        needed = {digest for triples in inputs.values() for _, digest, _ in triples}
         for digest in [d for d in mailbox if d not in needed]:
             del mailbox[digest]
         for digest in self._published - needed:
@@ -260,7 +353,7 @@ class DecentralizedStrategy:
 
     def _attack(self, grid: Grid, node_ids: dict[int, int], store: str | None,
                 half: dict[int, str], models: dict[int, str], mailbox: dict[str, ArrayRecord],
-                round_: int) -> RoundLog:
+                round_: int, genesis: str) -> RoundLog:
         topology = self.topology
         payloads = {}
         for attacker in sorted(topology.byzantine):
@@ -275,24 +368,27 @@ class DecentralizedStrategy:
                     "previous": models.get(target, ""),
                 })
             payloads[attacker] = {"position": attacker, "round": round_, "store": store,
-                                  "targets": targets}
+                                  "targets": targets, "genesis": genesis}
         return self._send(grid, ATTACK, payloads, node_ids, mailbox)
 
-    def _next_inputs(self, half: dict[int, str], crafted: dict[int, dict[str, str]]
-                     ) -> dict[int, list[tuple[int, str]]]:
-        """For every node, the (sender, digest) pairs to aggregate next round."""
+    def _next_inputs(self, half: dict[int, str], crafted: dict[int, dict[str, str]],
+                     headers: dict[int, Any], crafted_headers: dict[int, dict[str, Any]]
+                     ) -> dict[int, list[tuple[int, str, Any]]]:
+        """For every node, the (sender, digest, signed header) triples to aggregate next
+        round (headers are ``None`` without a ledger)."""
         topology = self.topology
-        inputs: dict[int, list[tuple[int, str]]] = {}
+        inputs: dict[int, list[tuple[int, str, Any]]] = {}
         for p in range(topology.n):
-            pairs = []
+            triples = []
             for q in topology.neighbors(p):
                 if q in topology.byzantine and self.model_poisoning:
                     digest = crafted.get(q, {}).get(str(p))
+                    header = crafted_headers.get(q, {}).get(str(p))
                 else:
-                    digest = half.get(q)
+                    digest, header = half.get(q), headers.get(q)
                 if digest is not None:
-                    pairs.append((q, digest))
-            inputs[p] = pairs
+                    triples.append((q, digest, header))
+            inputs[p] = triples
         return inputs
 
     def _metrics_line(self, t: int, log: RoundLog, audit: dict[str, float],
@@ -313,6 +409,9 @@ class DecentralizedStrategy:
                       if p in log.replies and "accuracy" in log.replies[p].metrics]
             line[f"accuracy_mean_{group.replace(' ', '_')}"] = _mean(values)
         line.update({k: v for k, v in audit.items() if k != "audited_models"})
+        if self.builder is not None:
+            line.update(self._ledger_counts)
+            line["ledger_equivocators"] = sorted(self._equivocators)
         keys = sorted({k for r in replies for k in r.metrics
                        if k.startswith(("rule_", "rejected_", "train_loss"))})
         for key in keys:
