@@ -3,7 +3,8 @@
 ``flwr-tempered list`` prints every aggregation rule, attack and topology with its
 parameters; ``flwr-tempered topology NAME --topology-arg KEY=VALUE`` builds one topology
 and prints its numbers (nodes, Byzantine nodes, spectral gap, largest Byzantine weight),
-optionally drawing it.
+optionally drawing it; ``flwr-tempered run`` runs a decentralized training;
+``flwr-tempered ledger verify|show PATH`` checks and reads a run's ledger.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from .ledger_cli import add_ledger_parser, run_ledger_command
 
 #: What ``flwr-tempered list`` can print.
 SECTIONS = ("rules", "attacks", "topologies")
@@ -141,6 +144,14 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--eval-every", type=int, default=defaults.eval_every)
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--exchange", choices=["shared", "inline"], default=defaults.exchange)
+    run.add_argument("--no-ledger", action="store_true",
+                     help="do not sign messages or keep ledger.sqlite")
+    run.add_argument("--ledger-f", type=int, default=defaults.ledger_f,
+                     help="faulty validators tolerated; blocks need 2f+1 endorsements "
+                          "(default: the largest f with nodes >= 3f+1)")
+    run.add_argument("--equivocators", choices=["keep", "exclude"],
+                     default=defaults.equivocators,
+                     help="what honest nodes do with a node the ledger proved to equivocate")
     for kind in ("rule", "attack", "topology", "partition", "model"):
         run.add_argument(f"--{kind}-arg", action="append", default=[], metavar="KEY=VALUE",
                          help=f"a {kind} parameter (repeatable)")
@@ -173,7 +184,8 @@ def _run(args: argparse.Namespace) -> None:
         model=args.model, model_args=parse_key_values(args.model_arg, "--model-arg"),
         rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
         lr=args.lr, eval_every=args.eval_every, seed=args.seed, exchange=args.exchange,
-        node_cpus=args.num_cpus, node_gpus=args.num_gpus,
+        node_cpus=args.num_cpus, node_gpus=args.num_gpus, ledger=not args.no_ledger,
+        ledger_f=args.ledger_f, equivocators=args.equivocators,
     )
     _check_buildable(config)
     out = Path(args.out) if args.out else default_results_folder(config)
@@ -248,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a topology parameter (repeatable), e.g. --topology-arg q=10",
     )
     topo.add_argument("--plot", metavar="PNG", help="also draw the topology to this PNG file")
+    add_ledger_parser(commands)
     return parser
 
 
@@ -265,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_catalogue(args.what or list(SECTIONS))
         elif args.command == "run":
             _run(args)
+        elif args.command == "ledger":
+            return run_ledger_command(args)
         elif args.command == "topology":
             params = parse_key_values(args.topology_arg, "--topology-arg")
             _describe_topology(args.name, params, args.plot)
