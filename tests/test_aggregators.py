@@ -657,6 +657,26 @@ def test_rejected_rows_lower_the_trimmed_mean_budget() -> None:
     assert get_rule("trimmed_mean", b=2)(own, received5).tolist() == pytest.approx([2.0])
 
 
+def test_refused_inputs_count_like_rejected_rows() -> None:
+    """Inputs a node refused before the rule (ledger checks, malformed) lower the budget
+    and count towards the input minimum, exactly like non-finite rows."""
+    own = torch.tensor([0.0])
+    with_nan = get_rule("trimmed_mean", b=2)
+    refused = get_rule("trimmed_mean", b=2)
+    received = torch.tensor([[1.0], [2.0], [30.0], [3.0]])
+    expected = with_nan(own, torch.cat([received, torch.tensor([[float("nan")]])]))
+    assert refused(own, received, refused=1).tolist() == expected.tolist() == [2.0]
+    assert refused.stats["refused"] == 1.0 and refused.stats["rejected_nonfinite"] == 0.0
+    # b = 1 needs 2b < k + 1: one received vector alone fails, one plus three refused runs
+    # with the budget at 0 (a plain mean of own and the survivor)
+    with pytest.raises(ValueError, match="2b < k \\+ 1"):
+        get_rule("trimmed_mean", b=1)(own, torch.tensor([[4.0]]))
+    assert get_rule("trimmed_mean", b=1)(own, torch.tensor([[4.0]]), refused=3).tolist() == [
+        2.0]
+    with pytest.raises(ValueError, match="refused must be an integer >= 0"):
+        get_rule("mean")(own, received, refused=-1)
+
+
 # ------------------------------------------------------------------ 5. stats exposure
 def test_balance_reports_its_acceptance_rate() -> None:
     own = torch.tensor([3.0, 4.0])  # norm 5; radius gamma * 5 = 2.5 at kappa = 0

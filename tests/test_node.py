@@ -53,6 +53,23 @@ def test_a_malformed_neighbour_leaves_its_weight_on_the_node() -> None:
     assert metrics["rejected_malformed"] == 1
 
 
+def test_messages_refused_upstream_lower_the_rule_budget_instead_of_crashing() -> None:
+    """Trimmed mean with b = 1 needs two inputs besides own; with three of four neighbours'
+    messages refused by the ledger the node still aggregates (budget lowered to 0)."""
+    config = RunConfig(topology="complete", topology_args={}, nodes=5, byzantine=1,
+                       dataset="digits", rule="trimmed_mean", rule_args={"b": 1},
+                       attack="none", rounds=3, local_steps=2)
+    world = build_world(config)
+    honest = next(p for p in range(5) if p not in world.topology.byzantine)
+    node = Node(honest, world)
+    d = node.state.params.shape[0]
+    before = node.state.params.clone()
+    metrics = node.aggregate(node.neighbors[:1], [np.ones(d, dtype=np.float32)], round=1,
+                             refused=3)
+    assert metrics["rule_refused"] == 3.0 and metrics["received"] == 4.0
+    torch.testing.assert_close(node.state.params, (before + 1.0) / 2)
+
+
 def _model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
 

@@ -68,14 +68,22 @@ class Rule(ABC):
         weights: Tensor | None = None,
         *,
         round: int = 0,
+        refused: int = 0,
     ) -> Tensor:
-        """Aggregate ``own`` with ``received`` and return the new ``Tensor[d]``."""
+        """Aggregate ``own`` with ``received`` and return the new ``Tensor[d]``.
+
+        ``refused`` counts inputs the caller already threw out as faulty (malformed, or
+        failing the ledger's signature checks): they count towards the rule's input count
+        and lower its Byzantine budget exactly like non-finite rows.
+        """
         own, received, weights = _validate_inputs(
             own, received, weights, rule_name=self.name, requires_weights=self.requires_weights
         )
         if round < 0:
             raise ValueError(f"{self.name}: round must be >= 0, got {round}")
-        self.check_input_count(received.shape[0])
+        if isinstance(refused, bool) or not isinstance(refused, int) or refused < 0:
+            raise ValueError(f"{self.name}: refused must be an integer >= 0, got {refused!r}")
+        self.check_input_count(received.shape[0] + refused)
         finite = finite_rows(received)
         rejected = int(received.shape[0] - int(finite.sum()))
         if rejected:
@@ -86,9 +94,11 @@ class Rule(ABC):
             "received": float(finite.shape[0]),
             "rejected_nonfinite": float(rejected),
         }
+        if refused:
+            self.stats["refused"] = float(refused)
         if received.shape[0] == 0:
             return own.clone()
-        result = self._aggregate(own, received, weights, round=round, rejected=rejected)
+        result = self._aggregate(own, received, weights, round=round, rejected=rejected + refused)
         return result.to(device=own.device, dtype=own.dtype)
 
     def check_input_count(self, k: int) -> None:

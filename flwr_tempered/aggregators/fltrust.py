@@ -43,11 +43,12 @@ class FLTrust(Rule):
         weights: Tensor | None = None,
         *,
         round: int = 0,
+        refused: int = 0,
     ) -> Tensor:
         """Aggregate as :class:`Rule` does; a reference set for this call never outlives it
         (not even when every received vector is rejected)."""
         try:
-            return super().__call__(own, received, weights, round=round)
+            return super().__call__(own, received, weights, round=round, refused=refused)
         finally:
             self._reference = None
 

@@ -151,10 +151,16 @@ class Node:
         return torch.tensor([own, *neighbour], dtype=self.state.params.dtype)
 
     def aggregate(
-        self, senders: Sequence[int], vectors: Sequence[np.ndarray | None], round: int
+        self, senders: Sequence[int], vectors: Sequence[np.ndarray | None], round: int, *,
+        refused: int = 0,
     ) -> dict[str, float]:
-        """Aggregate own model with the received vectors (Byzantine nodes keep theirs)."""
-        metrics: dict[str, float] = {"received": float(len(vectors))}
+        """Aggregate own model with the received vectors (Byzantine nodes keep theirs).
+
+        ``refused`` counts messages already refused upstream (the ledger's checks); with
+        the malformed ones screened out here they lower the rule's Byzantine budget, so
+        faulty neighbours cannot push the rule below its minimum number of inputs.
+        """
+        metrics: dict[str, float] = {"received": float(len(vectors) + refused)}
         if self.byzantine or not vectors:
             return metrics
         params = self.state.params
@@ -166,7 +172,8 @@ class Node:
         received = torch.from_numpy(np.stack([np.asarray(vectors[i]) for i in kept]))
         weights = self.mixing_row([senders[i] for i in kept])
         assert self.rule is not None
-        self.state.params = self.rule(params, received, weights, round=round)
+        self.state.params = self.rule(params, received, weights, round=round,
+                                      refused=refused + len(reasons))
         metrics.update({f"rule_{k}": float(v) for k, v in self.rule.stats.items()})
         return metrics
 

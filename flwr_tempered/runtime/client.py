@@ -232,7 +232,7 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     senders, vectors, rejected = _receive(node, participant, instructions, exchange, message,
                                           round_)
     clock.lap("time_fetch_s")
-    metrics = node.aggregate(senders, vectors, round_)
+    metrics = node.aggregate(senders, vectors, round_, refused=int(sum(rejected.values())))
     metrics.update(rejected)
     clock.lap("time_aggregate_s")
     if instructions.get("publish_model") and not node.byzantine:

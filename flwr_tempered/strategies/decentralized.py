@@ -416,6 +416,6 @@ class DecentralizedStrategy:
                        if k.startswith(("rule_", "rejected_", "train_loss"))})
         for key in keys:
             values = [r.metrics[key] for r in replies if key in r.metrics]
-            total = key.startswith(("rejected_", "rule_rejected_"))
+            total = key.startswith(("rejected_", "rule_rejected_", "rule_refused"))
             line[key] = sum(values) if total else _mean(values)
         return line
