@@ -109,8 +109,8 @@ def test_per_recipient_attack_leaves_evidence_against_exactly_the_attackers(
 def test_without_an_honest_quorum_no_block_is_committed_and_the_ledger_says_why(
         tmp_path: Path) -> None:
     # 7 validators tolerate f = 2: blocks need 5 endorsements, only 4 honest nodes endorse
-    config, report, metrics = run(tmp_path, "no-quorum", nodes=7, byzantine=3, rule="median",
-                                  rule_args={}, ledger_f=2)
+    _, report, metrics = run(tmp_path, "no-quorum", nodes=7, byzantine=3, rule="median",
+                             rule_args={}, ledger_f=2)
     assert report.blocks == []
     assert [r for r, _ in report.uncommitted] == [1, 2, 3]
     assert all("4 valid endorsements of 7 validators, quorum is 5" in why
