@@ -11,6 +11,7 @@ implementation can check it.
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import numpy as np
 
@@ -20,8 +21,11 @@ DIGEST_HEX_LENGTH = 64
 
 def canonical_array(array: np.ndarray) -> np.ndarray:
     """``array`` as a C-contiguous little-endian array (a view when it already is one)."""
-    canonical = np.ascontiguousarray(array)
-    if canonical.dtype.byteorder == ">":
+    canonical = np.asarray(array)
+    if not canonical.flags.c_contiguous:  # ascontiguousarray would turn 0-d into (1,)
+        canonical = np.ascontiguousarray(canonical)
+    byteorder = canonical.dtype.byteorder
+    if byteorder == ">" or (byteorder == "=" and sys.byteorder == "big"):
         canonical = canonical.astype(canonical.dtype.newbyteorder("<"))
     return canonical
 

@@ -28,6 +28,7 @@ from .records import (
     _field,
     canonical_json,
     find_equivocations,
+    is_position,
 )
 
 VERSION = 1
@@ -64,7 +65,11 @@ def parse_body(body: bytes, what: str) -> Mapping[str, Any]:
         data = json.loads(body.decode("ascii"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MalformedRecordError(f"{what} is not valid JSON: {error}") from None
-    if canonical_json(data) != body:
+    try:
+        encoded = canonical_json(data)
+    except ValueError:  # a number that overflowed to infinity
+        raise MalformedRecordError(f"{what} holds a number out of range") from None
+    if encoded != body:
         raise MalformedRecordError(f"{what} is not in canonical form")
     if not isinstance(data, Mapping):
         raise MalformedRecordError(f"{what} must be a JSON object")
@@ -114,7 +119,7 @@ class Genesis:
         if (not isinstance(keys, Mapping) or not isinstance(proofs, Mapping)
                 or set(keys) != set(proofs)):
             raise MalformedRecordError("genesis: keys and proofs must map the same positions")
-        if not all(p.isdigit() and str(int(p)) == p for p in keys):
+        if not all(is_position(p) for p in keys):
             raise MalformedRecordError("genesis: positions must be non-negative integers")
         if not isinstance(data["config"], Mapping):
             raise MalformedRecordError("genesis: config must be an object")

@@ -15,6 +15,7 @@ that get signed and hashed; parsing is strict, so a record has exactly one encod
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,11 @@ REJECTION_REASONS = (
     "replayed", "wrong_recipient", "digest_mismatch", "bad_signature", "excluded",
     "missing_model",
 )
+
+
+def is_position(text: str) -> bool:
+    """Whether ``text`` spells a node position canonically (ASCII digits, no leading 0)."""
+    return re.fullmatch(r"0|[1-9][0-9]*", text) is not None
 
 
 class MalformedRecordError(ValueError):
@@ -107,9 +113,7 @@ class SignedHeader:
         if not is_digest(header.digest):
             raise MalformedRecordError(
                 f"header: digest is not a lowercase hex SHA-256: {header.digest!r}")
-        if header.recipient != BROADCAST and not (
-            header.recipient.isdigit() and str(int(header.recipient)) == header.recipient
-        ):
+        if header.recipient != BROADCAST and not is_position(header.recipient):
             raise MalformedRecordError(
                 f"header: recipient must be {BROADCAST!r} or a node position, "
                 f"got {header.recipient!r}"

@@ -2,7 +2,7 @@
 
 Rows hold the exact bytes that were hashed and signed (``body``) next to the hash and
 the quorum's signatures, so verification re-derives everything from the bytes. Triggers
-refuse UPDATE and DELETE on blocks. Each append is one transaction with
+refuse UPDATE, DELETE and INSERT OR REPLACE on blocks. Each append is one transaction with
 ``synchronous=FULL``: a process killed at any moment leaves either the whole block or
 none of it, and the chain verifies up to the last block that committed.
 
@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS uncommitted (
 CREATE TRIGGER IF NOT EXISTS blocks_no_update BEFORE UPDATE ON blocks
 BEGIN SELECT RAISE(ABORT, 'ledger blocks are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS blocks_no_delete BEFORE DELETE ON blocks
+BEGIN SELECT RAISE(ABORT, 'ledger blocks are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS blocks_no_replace BEFORE INSERT ON blocks
+WHEN EXISTS (SELECT 1 FROM blocks WHERE height = NEW.height)
 BEGIN SELECT RAISE(ABORT, 'ledger blocks are append-only'); END;
 """
 
