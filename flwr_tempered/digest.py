@@ -11,12 +11,14 @@ implementation can check it.
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 
 import numpy as np
 
 #: Length of a hex digest.
 DIGEST_HEX_LENGTH = 64
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_HEX_LENGTH}}}")
 
 
 def canonical_array(array: np.ndarray) -> np.ndarray:
@@ -41,8 +43,4 @@ def array_digest(array: np.ndarray) -> str:
 
 def is_digest(value: object) -> bool:
     """Whether ``value`` looks like a digest produced by :func:`array_digest`."""
-    return (
-        isinstance(value, str)
-        and len(value) == DIGEST_HEX_LENGTH
-        and all(c in "0123456789abcdef" for c in value)
-    )
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None

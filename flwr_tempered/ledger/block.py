@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,11 +159,15 @@ class Block:
     rejections: tuple[Rejection, ...]
     evidence: tuple[Evidence, ...]
 
-    @property
+    @functools.cached_property
     def merkle_root(self) -> str:
         return merkle_root([h.to_bytes() for h in self.commitments])
 
     def body(self) -> bytes:
+        return self._body
+
+    @functools.cached_property
+    def _body(self) -> bytes:  # a block is immutable: encode it once
         return canonical_json({
             "version": VERSION, "kind": "round", "height": self.height, "round": self.round,
             "run_id": self.run_id, "prev_hash": self.prev_hash,
@@ -172,7 +177,7 @@ class Block:
             "evidence": [e.to_dict() for e in self.evidence],
         })
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         return sha256_hex(self.body())
 

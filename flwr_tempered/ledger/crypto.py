@@ -80,12 +80,10 @@ class KeyPair:
 
     @classmethod
     def from_hex(cls, seed_hex: str) -> KeyPair:
-        """The key pair of a hex seed (as stored in a node's state)."""
-        try:
-            seed = bytes.fromhex(seed_hex)
-        except (TypeError, ValueError):
-            raise ValueError("a key pair's seed must be hex") from None
-        return cls(seed)
+        """The key pair of a hex seed (as stored in a node's state). Memoised: deriving
+        the public key costs a scalar multiplication, and a node reloads its key from
+        its state on every message."""
+        return _key_pair_from_hex(seed_hex)
 
     @property
     def seed_hex(self) -> str:
@@ -96,6 +94,15 @@ class KeyPair:
         if signature_backend() == "openssl":
             return _openssl_private_key(self.seed).sign(message).hex()
         return eddsa.new(self._pycryptodome_key, "rfc8032").sign(message).hex()
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_pair_from_hex(seed_hex: str) -> KeyPair:
+    try:
+        seed = bytes.fromhex(seed_hex)
+    except (TypeError, ValueError):
+        raise ValueError("a key pair's seed must be hex") from None
+    return KeyPair(seed)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,6 +14,7 @@ that get signed and hashed; parsing is strict, so a record has exactly one encod
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -88,6 +89,10 @@ class SignedHeader:
 
     def signed_bytes(self) -> bytes:
         """The bytes the signature covers (domain-separated from blocks and keys)."""
+        return self._signed_bytes
+
+    @functools.cached_property
+    def _signed_bytes(self) -> bytes:  # a header is immutable: encode it once
         return _HEADER_DOMAIN + canonical_json(self.signed_fields())
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +100,10 @@ class SignedHeader:
 
     def to_bytes(self) -> bytes:
         """Canonical encoding of the whole header (the Merkle leaf)."""
+        return self._bytes
+
+    @functools.cached_property
+    def _bytes(self) -> bytes:
         return canonical_json(self.to_dict())
 
     @classmethod
