@@ -15,6 +15,7 @@ Its state is a small JSON dictionary (:meth:`state_dict`), kept with the node.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +37,26 @@ EQUIVOCATOR_POLICIES = ("keep", "exclude")
 REMEMBERED_ROUNDS = 4
 
 T = TypeVar("T")
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_genesis(body: bytes) -> tuple[Genesis, str | None]:
+    """A genesis body parsed and checked, memoised per process: a node rebuilds its
+    participant from its state for every message, and in simulation one process hosts
+    many nodes of the same run."""
+    genesis = Genesis.from_body(body)
+    return genesis, genesis.problem()
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_block(body: bytes, genesis_body: bytes) -> tuple[Block | None, str | None]:
+    """A proposal parsed and checked against the genesis' keys (memoised like the
+    genesis: the check depends on nothing else)."""
+    try:
+        block = Block.from_body(body)
+    except MalformedRecordError as error:
+        return None, f"malformed proposal: {error}"
+    return block, block.problem(_checked_genesis(genesis_body)[0].keys)
 
 
 class LedgerProtocolError(RuntimeError):
@@ -113,8 +134,7 @@ class Participant:
             raise LedgerProtocolError(
                 f"node {self.position}: the relay sent a different genesis than the pinned "
                 f"{self.genesis_hash[:12]}…")
-        genesis = Genesis.from_body(body)
-        reason = genesis.problem()
+        genesis, reason = _checked_genesis(body)
         if reason is None and genesis.run_id != self.run_id:
             reason = "genesis is for another run"
         if reason is None and genesis.keys.get(self.position) != self.keys.public_key:
@@ -193,18 +213,16 @@ class Participant:
         Evidence in a valid block is learned: under the ``exclude`` policy its senders'
         messages are refused from then on.
         """
-        try:
-            block = Block.from_body(body)
-        except MalformedRecordError as error:
-            return None, f"malformed proposal: {error}"
+        if self.genesis is None:
+            raise LedgerProtocolError(f"node {self.position} has no genesis yet")
+        block, reason = _checked_block(body, self.genesis.body())
+        if block is None or reason is not None:
+            return None, reason
         if block.run_id != self.run_id:
             return None, "proposal is for another run"
         previous = self.endorsed.get(block.round)
         if previous is not None and previous != block.hash:
             return None, f"already endorsed another block for round {block.round}"
-        reason = block.problem(self.public_keys)
-        if reason is not None:
-            return None, reason
         record = self._rounds.get(block.round)
         if record is not None:
             if not record.accepted <= set(block.commitments):
