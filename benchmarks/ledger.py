@@ -7,10 +7,11 @@ Prints two Markdown tables.
    per-process memo), committing one block of the default run's size (proposal from the
    reports, checking ``2f + 1`` endorsements, one SQLite transaction with
    ``synchronous=FULL``), and verifying a stored ledger offline (blocks per second).
-2. The default decentralized run (16 nodes, 3 ALIE attackers, BALANCE), once with the
-   ledger and once without: median wall time of a training round, the difference, and
-   the ledger's own time (the relay's block building plus the nodes' signing, checking
-   and endorsing, summed over nodes and spread over the Ray workers).
+2. The default decentralized run (16 nodes, 3 ALIE attackers, BALANCE), without the
+   ledger and with it (once per Ed25519 implementation): median wall time of a training
+   round, the difference, and the ledger's own time (the relay's block building plus
+   the nodes' signing, checking and endorsing, summed over nodes and spread over the
+   Ray workers).
 
 Run ``python benchmarks/ledger.py [--rounds 12] [--skip-run]``.
 """
@@ -162,19 +163,25 @@ def main() -> None:
     print()
     common = {"rounds": args.rounds, "eval_every": args.rounds}
     with tempfile.TemporaryDirectory() as folder:
-        on = round_times(RunConfig(**common), Path(folder) / "on")
         off = round_times(RunConfig(**common, ledger=False), Path(folder) / "off")
-    own = on["relay_ledger_s"] + on["nodes_ledger_s"]
+        on = {}
+        for backend in ("openssl", "pycryptodome"):
+            os.environ[BACKEND_VARIABLE] = backend  # Ray's workers inherit it
+            try:
+                on[backend] = round_times(RunConfig(**common), Path(folder) / backend)
+            finally:
+                os.environ.pop(BACKEND_VARIABLE, None)
     print(f"default run, {args.rounds} rounds, median training round:")
     print()
     print("| ledger | round wall time | ledger's own time (relay + nodes / workers) "
-          "| share of the round |")
-    print("|---|---|---|---|")
-    print(f"| off | {off['wall_s'] * 1e3:.0f} ms | - | - |")
-    print(f"| on | {on['wall_s'] * 1e3:.0f} ms | {own * 1e3:.1f} ms "
-          f"({on['relay_ledger_s'] * 1e3:.1f} + {on['nodes_ledger_s'] * 1e3:.1f}) "
-          f"| {own / on['wall_s']:.1%} (wall-time difference "
-          f"{(on['wall_s'] - off['wall_s']) / on['wall_s']:+.1%}) |")
+          "| share of the round | wall-time difference |")
+    print("|---|---|---|---|---|")
+    print(f"| off | {off['wall_s'] * 1e3:.0f} ms | - | - | - |")
+    for backend, r in on.items():
+        own = r["relay_ledger_s"] + r["nodes_ledger_s"]
+        print(f"| on, {backend} | {r['wall_s'] * 1e3:.0f} ms | {own * 1e3:.1f} ms "
+              f"({r['relay_ledger_s'] * 1e3:.1f} + {r['nodes_ledger_s'] * 1e3:.1f}) "
+              f"| {own / r['wall_s']:.1%} | {(r['wall_s'] - off['wall_s']) / r['wall_s']:+.1%} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_decentralized import SMALL as DECENTRALIZED_SMALL
 
 from flwr_tempered.experiments.cli import main
 from flwr_tempered.experiments.results import read_metrics
@@ -21,12 +22,8 @@ from flwr_tempered.node import RunConfig, topology_of
 
 pytestmark = pytest.mark.slow
 
-SMALL: dict[str, Any] = {
-    "topology": "complete", "topology_args": {}, "nodes": 6, "byzantine": 1,
-    "dataset": "digits", "model": "small_cnn", "rule": "trimmed_mean",
-    "rule_args": {"b": 1}, "attack": "none", "rounds": 3, "eval_every": 1,
-    "local_steps": 10, "lr": 0.1, "round_timeout": 60.0,
-}
+#: The decentralized tests' small run (6 nodes, complete graph, digits, 3 rounds).
+SMALL: dict[str, Any] = {**DECENTRALIZED_SMALL, "local_steps": 10}
 
 
 def run(tmp_path: Path, name: str, **overrides: Any) -> tuple[RunConfig, LedgerReport,

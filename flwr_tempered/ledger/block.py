@@ -97,6 +97,10 @@ class Genesis:
         return quorum_size(self.n, self.f)
 
     def body(self) -> bytes:
+        return self._body
+
+    @functools.cached_property
+    def _body(self) -> bytes:  # the genesis is immutable: encode it once
         return canonical_json({
             "version": VERSION, "kind": "genesis", "run_id": self.run_id,
             "created_ms": self.created_ms, "f": self.f,
@@ -105,7 +109,7 @@ class Genesis:
             "config": dict(self.config),
         })
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         return sha256_hex(self.body())
 

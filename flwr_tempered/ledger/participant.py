@@ -15,6 +15,7 @@ Its state is a small JSON dictionary (:meth:`state_dict`), kept with the node.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .records import (
     Rejection,
     SignedHeader,
     header_problem,
+    sign_header,
 )
 
 #: What honest nodes do with a node once evidence proves it equivocated.
@@ -159,9 +161,8 @@ class Participant:
 
     def sign(self, round: int, digest: str, recipient: str | int = BROADCAST) -> SignedHeader:
         """Sign (and remember) the header of a model this node sends in ``round``."""
-        header = SignedHeader(self.run_id, round, self.position, digest, str(recipient))
-        header = SignedHeader(**{**header.signed_fields(),
-                                 "signature": self.keys.sign(header.signed_bytes())})
+        header = sign_header(self.keys, run_id=self.run_id, round=round, sender=self.position,
+                             digest=digest, recipient=recipient)
         self._record(round).sent.add(header)
         return header
 
@@ -179,6 +180,9 @@ class Participant:
         ``LookupError`` for a model it cannot find and ``ValueError`` for bytes that do
         not match the digest. Either way the outcome is remembered for the block.
         """
+        if isinstance(header, Mapping):  # parse once; a malformed one stays a mapping
+            with contextlib.suppress(MalformedRecordError):
+                header = SignedHeader.from_dict(header)
         reason = header_problem(header, self.public_keys, run_id=self.run_id, round=round,
                                 sender=sender, recipient=self.position, digest=digest)
         if reason is None and sender in self.excluded:
@@ -193,8 +197,7 @@ class Participant:
                 reason = "digest_mismatch"
         record = self._record(round)
         if reason is None:
-            record.accepted.add(header if isinstance(header, SignedHeader)
-                                else SignedHeader.from_dict(header))
+            record.accepted.add(header)
         else:
             record.rejected.add(Rejection(round, self.position, sender, digest, reason))
         return model, reason

@@ -14,6 +14,7 @@ that get signed and hashed; parsing is strict, so a record has exactly one encod
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -72,6 +73,17 @@ def _exact_keys(data: Any, keys: set[str], what: str) -> Mapping[str, Any]:
     return data
 
 
+_FLAT_TYPES: dict[str, type] = {"int": int, "str": str}
+
+
+def _flat_values(cls: type, data: Any, what: str) -> dict[str, Any]:
+    """The fields of the flat dataclass ``cls`` (``int``/``str`` fields only) read from
+    ``data`` strictly: exactly its keys, each of its type."""
+    kinds = {f.name: _FLAT_TYPES[str(f.type)] for f in dataclasses.fields(cls)}
+    data = _exact_keys(data, set(kinds), what)
+    return {name: _field(data, name, kind, what) for name, kind in kinds.items()}
+
+
 @dataclass(frozen=True, order=True)
 class SignedHeader:
     """A sender's signed commitment to the model it sends in one round."""
@@ -96,7 +108,7 @@ class SignedHeader:
         return _HEADER_DOMAIN + canonical_json(self.signed_fields())
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.signed_fields(), "signature": self.signature}
+        return dataclasses.asdict(self)
 
     def to_bytes(self) -> bytes:
         """Canonical encoding of the whole header (the Merkle leaf)."""
@@ -109,16 +121,7 @@ class SignedHeader:
     @classmethod
     def from_dict(cls, data: Any) -> SignedHeader:
         """Strict parse; :class:`MalformedRecordError` names the first bad field."""
-        data = _exact_keys(data, {"run_id", "round", "sender", "digest", "recipient",
-                                  "signature"}, "header")
-        header = cls(
-            run_id=_field(data, "run_id", str, "header"),
-            round=_field(data, "round", int, "header"),
-            sender=_field(data, "sender", int, "header"),
-            digest=_field(data, "digest", str, "header"),
-            recipient=_field(data, "recipient", str, "header"),
-            signature=_field(data, "signature", str, "header"),
-        )
+        header = cls(**_flat_values(cls, data, "header"))
         if not is_digest(header.digest):
             raise MalformedRecordError(
                 f"header: digest is not a lowercase hex SHA-256: {header.digest!r}")
@@ -139,8 +142,7 @@ def sign_header(keys: KeyPair, *, run_id: str, round: int, sender: int, digest: 
                 recipient: str | int = BROADCAST) -> SignedHeader:
     """``sender``'s signed header for the model ``digest`` sent in ``round``."""
     unsigned = SignedHeader(run_id, int(round), int(sender), digest, str(recipient))
-    signature = keys.sign(unsigned.signed_bytes())
-    return SignedHeader(**{**unsigned.signed_fields(), "signature": signature})
+    return dataclasses.replace(unsigned, signature=keys.sign(unsigned.signed_bytes()))
 
 
 def header_problem(header: Any, public_keys: Mapping[int, str], *, run_id: str, round: int,
@@ -183,19 +185,11 @@ class Rejection:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "receiver": self.receiver, "sender": self.sender,
-                "digest": self.digest, "reason": self.reason}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Any) -> Rejection:
-        data = _exact_keys(data, {"round", "receiver", "sender", "digest", "reason"}, "rejection")
-        rejection = cls(
-            round=_field(data, "round", int, "rejection"),
-            receiver=_field(data, "receiver", int, "rejection"),
-            sender=_field(data, "sender", int, "rejection"),
-            digest=_field(data, "digest", str, "rejection"),
-            reason=_field(data, "reason", str, "rejection"),
-        )
+        rejection = cls(**_flat_values(cls, data, "rejection"))
         if rejection.reason not in REJECTION_REASONS:
             raise MalformedRecordError(f"rejection: unknown reason {rejection.reason!r}")
         return rejection

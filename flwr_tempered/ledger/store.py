@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .block import Block, Genesis
 
@@ -56,6 +57,16 @@ class StoredBlock:
     hash: str
     body: bytes
     signatures: str
+
+
+_SELECT = "SELECT height, round, hash, body, signatures FROM blocks"
+
+
+def _stored(row: tuple[Any, ...]) -> StoredBlock:
+    """A row as stored; a body tampered into TEXT is read as its bytes."""
+    height, round, hash, body, signatures = row
+    body = bytes(body) if isinstance(body, bytes | memoryview) else str(body).encode()
+    return StoredBlock(height, round, hash, body, str(signatures))
 
 
 def ledger_path(path: str | Path) -> Path:
@@ -130,17 +141,12 @@ class LedgerStore:
     # ----------------------------------------------------------------------- reads
     def rows(self) -> Iterator[StoredBlock]:
         """Every stored block, by height."""
-        cursor = self._db.execute(
-            "SELECT height, round, hash, body, signatures FROM blocks ORDER BY height")
-        for height, round, hash, body, signatures in cursor:
-            yield StoredBlock(height, round, hash,
-                              bytes(body) if isinstance(body, bytes | memoryview)
-                              else str(body).encode(), str(signatures))
+        for row in self._db.execute(f"{_SELECT} ORDER BY height"):
+            yield _stored(row)
 
     def head(self) -> StoredBlock | None:
-        row = self._db.execute("SELECT height, round, hash, body, signatures FROM blocks "
-                               "ORDER BY height DESC LIMIT 1").fetchone()
-        return None if row is None else StoredBlock(row[0], row[1], row[2], bytes(row[3]), row[4])
+        row = self._db.execute(f"{_SELECT} ORDER BY height DESC LIMIT 1").fetchone()
+        return None if row is None else _stored(row)
 
     def uncommitted(self) -> list[tuple[int, str]]:
         return [(r, reason) for r, reason, _ in

@@ -22,7 +22,7 @@ from flwr_tempered.digest import is_digest
 
 from .block import Block, Genesis, endorsement_is_valid
 from .records import Evidence, MalformedRecordError, Rejection
-from .store import LedgerStore, ledger_path
+from .store import LedgerStore, encode_signatures, ledger_path
 
 
 class LedgerError(Exception):
@@ -80,8 +80,7 @@ def _signatures(text: str, height: int, round: int) -> dict[int, str]:
         if entry["validator"] in signatures:
             raise LedgerError(height, f"validator {entry['validator']} signed twice", round)
         signatures[entry["validator"]] = entry["signature"]
-    if json.dumps(entries, sort_keys=True, separators=(",", ":")) != text or list(
-            signatures) != sorted(signatures):
+    if encode_signatures(signatures) != text:
         raise LedgerError(height, "signatures are not in canonical form", round)
     return signatures
 

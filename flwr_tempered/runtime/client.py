@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flwr_tempered.ledger import KeyPair, Participant, SignedHeader
+from flwr_tempered.digest import array_digest
+from flwr_tempered.ledger import KeyPair, Participant, SignedHeader, sign_header
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
 from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
 
@@ -29,7 +31,17 @@ from .exchange import (
     SharedMemoryExchange,
     make_exchange,
 )
-from .protocol import INSTRUCTIONS, LEDGER_STATE, METRICS, REPORT
+from .protocol import (
+    ATTACK,
+    AUDIT,
+    COMMIT,
+    HELLO,
+    INSTRUCTIONS,
+    LEDGER_STATE,
+    METRICS,
+    REGISTER,
+    REPORT,
+)
 from .state import load_node_state, save_node_state
 
 #: Run-config keys that configure the harness, not the run itself.
@@ -103,6 +115,12 @@ def _participant_for(instructions: dict[str, Any], context: Context) -> Particip
     return participant
 
 
+def _endorse(participant: Participant, proposal: str) -> dict[str, Any]:
+    """The node's answer to a block proposal: its endorsement, or why it refuses."""
+    signature, refusal = participant.endorse(proposal.encode("ascii"))
+    return {"endorsement": signature} if signature else {"refusal": refusal}
+
+
 def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
            outbox: RecordDict | None = None) -> Message:
     content = outbox if outbox is not None else RecordDict()
@@ -130,22 +148,6 @@ def handle_register(message: Message, context: Context, config: RunConfig,
                                   policy=config.equivocators)
     save_participant(participant, context)
     return _reply(message, participant.introduce(), {})
-
-
-def _faulty_header(fault: str | None, participant: Participant, round: int, digest: str
-                   ) -> tuple[SignedHeader | None, str]:
-    """The header (and digest) a node sends under a ledger fault, or ``(None, "")`` when
-    the fault is not a ledger fault."""
-    if fault == "unsigned":
-        return None, digest
-    if fault == "forge":
-        impostor = Participant(participant.position, KeyPair.generate(), participant.run_id)
-        return impostor.sign(round, digest), digest
-    if fault == "replay":
-        earlier = participant.sent_before(round)
-        if earlier is not None:
-            return earlier, earlier.digest
-    return None, ""
 
 
 class _Clock:
@@ -226,8 +228,7 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     report: dict[str, Any] = {"position": node.position}
     participant = _participant_for(instructions, context) if config.ledger else None
     if participant is not None and instructions.get("proposal") and not node.byzantine:
-        signature, refusal = participant.endorse(str(instructions["proposal"]).encode("ascii"))
-        report.update({"endorsement": signature} if signature else {"refusal": refusal})
+        report.update(_endorse(participant, str(instructions["proposal"])))
     clock.lap("time_ledger_s")
     senders, vectors, rejected = _receive(node, participant, instructions, exchange, message,
                                           round_)
@@ -249,7 +250,8 @@ def handle_train(message: Message, context: Context, config: RunConfig,
         report["half"] = half
         clock.lap("time_publish_s")
         if participant is not None and not node.crafts_vectors:
-            _sign_half(participant, report, fault, round_ + 1, half, params)
+            header, report["half"] = _half_header(fault, participant, round_ + 1, half, params)
+            report["header"] = header.to_dict() if header is not None else None
     if participant is not None:
         if not node.byzantine:
             report["ledger"] = participant.report(round_)
@@ -260,19 +262,21 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     return _reply(message, report, metrics, outbox)
 
 
-def _sign_half(participant: Participant, report: dict[str, Any], fault: str | None,
-               round: int, half: str, params: np.ndarray) -> None:
-    """Attach the signed header of the model this node sends to all its neighbours."""
-    if fault == "mismatch":  # signs the model it trained, sends other bytes
-        from flwr_tempered.digest import array_digest
-        report["header"] = participant.sign(round, array_digest(params + 1)).to_dict()
-        return
-    header, digest = _faulty_header(fault, participant, round, half)
-    if digest:
-        report["half"] = digest
-        report["header"] = header.to_dict() if header is not None else None
-        return
-    report["header"] = participant.sign(round, half).to_dict()
+def _half_header(fault: str | None, participant: Participant, round: int, half: str,
+                 params: np.ndarray) -> tuple[SignedHeader | None, str]:
+    """The signed header of the model this node sends to all its neighbours, and the
+    digest the relay is told, under the ledger faults a config may inject."""
+    if fault == "unsigned":
+        return None, half
+    if fault == "forge":  # signed with a key that is not the node's
+        return sign_header(KeyPair.generate(), run_id=participant.run_id, round=round,
+                           sender=participant.position, digest=half), half
+    if fault == "mismatch":  # signs other bytes than the ones it sends
+        return participant.sign(round, array_digest(params + 1)), half
+    earlier = participant.sent_before(round) if fault == "replay" else None
+    if earlier is not None:  # re-sends its previous round's message
+        return earlier, earlier.digest
+    return participant.sign(round, half), half
 
 
 def handle_attack(message: Message, context: Context, config: RunConfig,
@@ -320,8 +324,7 @@ def handle_commit(message: Message, context: Context, config: RunConfig,
     participant = _participant_for(instructions, context)
     report: dict[str, Any] = {"position": position}
     if position not in build_world(config).topology.byzantine:
-        signature, refusal = participant.endorse(str(instructions["proposal"]).encode("ascii"))
-        report.update({"endorsement": signature} if signature else {"refusal": refusal})
+        report.update(_endorse(participant, str(instructions["proposal"])))
         save_participant(participant, context)
     return _reply(message, report, {})
 
@@ -355,6 +358,15 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
     return _reply(message, {}, metrics)
 
 
+Handler = Callable[[Message, Context, RunConfig, TaskFactory | None], Message]
+
+#: The ``query.<action>`` messages a node answers, by message type.
+QUERY_HANDLERS: dict[str, Handler] = {
+    HELLO: handle_hello, REGISTER: handle_register, ATTACK: handle_attack,
+    AUDIT: handle_audit, COMMIT: handle_commit,
+}
+
+
 def make_client_app(config: RunConfig | None = None, tasks: TaskFactory | None = None
                     ) -> ClientApp:
     """The ClientApp of the decentralized runtime.
@@ -370,28 +382,12 @@ def make_client_app(config: RunConfig | None = None, tasks: TaskFactory | None =
     def resolve(context: Context) -> RunConfig:
         return config if config is not None else run_config_of(context)
 
-    @app.train()
-    def train(message: Message, context: Context) -> Message:
-        return handle_train(message, context, resolve(context), tasks)
+    def bind(handler: Handler) -> Callable[[Message, Context], Message]:
+        def handle(message: Message, context: Context) -> Message:
+            return handler(message, context, resolve(context), tasks)
+        return handle
 
-    @app.query("hello")
-    def hello(message: Message, context: Context) -> Message:
-        return handle_hello(message, context, resolve(context), tasks)
-
-    @app.query("attack")
-    def attack(message: Message, context: Context) -> Message:
-        return handle_attack(message, context, resolve(context), tasks)
-
-    @app.query("audit")
-    def audit(message: Message, context: Context) -> Message:
-        return handle_audit(message, context, resolve(context), tasks)
-
-    @app.query("register")
-    def register(message: Message, context: Context) -> Message:
-        return handle_register(message, context, resolve(context), tasks)
-
-    @app.query("commit")
-    def commit(message: Message, context: Context) -> Message:
-        return handle_commit(message, context, resolve(context), tasks)
-
+    app.train()(bind(handle_train))
+    for kind, handler in QUERY_HANDLERS.items():
+        app.query(kind.removeprefix("query."))(bind(handler))
     return app

@@ -128,7 +128,7 @@ class DecentralizedStrategy:
         self._published: set[str] = set()
         self.timings: list[dict[str, float]] = []
         self.builder: BlockBuilder | None = None
-        self._ledger_counts = {"ledger_blocks": 0, "ledger_rejections": 0}
+        self._committed_rejections = 0
         self._equivocators: set[int] = set()
 
     # ------------------------------------------------------------------- messaging
@@ -235,11 +235,10 @@ class DecentralizedStrategy:
                 for p in range(topology.n)
             }
             if builder is not None:
+                proposed = proposal.body().decode("ascii") if proposal else None
                 for p, payload in payloads.items():
-                    payload.update({
-                        "genesis": genesis, "headers": [h for _, _, h in inputs[p]],
-                        "proposal": proposal.body().decode("ascii") if proposal else None,
-                    })
+                    payload.update({"genesis": genesis, "headers": [h for _, _, h in inputs[p]],
+                                    "proposal": proposed})
             start = time.perf_counter()
             log = self._send(grid, TRAIN, payloads, node_ids, mailbox)
             half = {p: r.report["half"] for p, r in log.replies.items() if "half" in r.report}
@@ -317,8 +316,7 @@ class DecentralizedStrategy:
                     if "refusal" in r.report}
         outcome = self.builder.commit(proposal, endorsements, refusals)
         if outcome.committed:
-            self._ledger_counts["ledger_blocks"] += 1
-            self._ledger_counts["ledger_rejections"] += len(proposal.rejections)
+            self._committed_rejections += len(proposal.rejections)
             self._equivocators |= {e.sender for e in proposal.evidence}
 
     def _commit_last(self, grid: Grid, node_ids: dict[int, int], proposal: Block,
@@ -410,8 +408,9 @@ class DecentralizedStrategy:
             line[f"accuracy_mean_{group.replace(' ', '_')}"] = _mean(values)
         line.update({k: v for k, v in audit.items() if k != "audited_models"})
         if self.builder is not None:
-            line.update(self._ledger_counts)
-            line["ledger_equivocators"] = sorted(self._equivocators)
+            line.update({"ledger_blocks": self.builder.height,
+                         "ledger_rejections": self._committed_rejections,
+                         "ledger_equivocators": sorted(self._equivocators)})
         keys = sorted({k for r in replies for k in r.metrics
                        if k.startswith(("rule_", "rejected_", "train_loss"))})
         for key in keys:
