@@ -195,8 +195,11 @@ class Node:
         """Whether this node sends per-recipient vectors (model poisoning)."""
         return isinstance(self.attack, ModelPoisoningAttack)
 
-    def craft(self, targets: Sequence[TargetInputs], round: int) -> list[np.ndarray]:
-        """One vector per target, from the omniscient view the relay provided."""
+    def craft(self, targets: Sequence[TargetInputs], round: int) -> dict[int, np.ndarray]:
+        """The vector for each target, keyed by the target's position, from the omniscient
+        view the relay provided. A target that gives its Byzantine neighbours zero weight
+        (``two_cliques_with_byzantine`` with ``delta = 0``) cannot be influenced and gets
+        nothing."""
         assert isinstance(self.attack, ModelPoisoningAttack)
         topology = self.world.topology
         dtype = self.state.params.dtype
@@ -204,6 +207,9 @@ class Node:
         for target in targets:
             row = topology.mixing[target.node]
             byzantine = topology.byzantine_neighbors(target.node)
+            byzantine_weight = float(sum(row[k] for k in byzantine))
+            if byzantine_weight <= 0:
+                continue
             honest_models = (
                 torch.stack([torch.from_numpy(m.copy()).to(dtype) for m in target.honest_models])
                 if target.honest_models else torch.zeros(0, self.state.params.shape[0], dtype=dtype)
@@ -213,17 +219,20 @@ class Node:
                 model=torch.from_numpy(target.model.copy()).to(dtype),
                 honest_neighbors=honest_models,
                 honest_weights=torch.tensor([row[j] for j in target.honest_neighbors], dtype=dtype),
-                byzantine_weight=float(sum(row[k] for k in byzantine)),
+                byzantine_weight=byzantine_weight,
                 n_byzantine=len(byzantine),
                 self_weight=float(row[target.node]),
                 previous=None if target.previous is None
                 else torch.from_numpy(target.previous.copy()).to(dtype),
                 rule=self._target_rule(),
             ))
+        if not views:
+            return {}
         view = AttackView(own=self.state.params, targets=views, round=round,
                           total_rounds=self.world.config.rounds)
         crafted = self.attack(view)
-        return [row.detach().numpy().copy() for row in crafted]
+        return {v.node: row.detach().numpy().copy()
+                for v, row in zip(views, crafted, strict=True)}
 
     def _target_rule(self) -> Rule | None:
         """The honest nodes' rule (the adversary is omniscient: it knows the config)."""

@@ -43,6 +43,7 @@ from .protocol import (
     REPORT,
 )
 from .state import load_node_state, save_node_state
+from .summary import audit_models
 
 #: Run-config keys that configure the harness, not the run itself.
 HARNESS_KEYS = ("out", "store")
@@ -302,9 +303,9 @@ def handle_attack(message: Message, context: Context, config: RunConfig,
         ))
     outbox = RecordDict()
     fault = config.fault_at(node.position, int(instructions["round"]))
-    vectors = node.craft(targets, int(instructions["round"])) if targets else []
-    vectors = [corrupt(v, fault) for v in vectors]
-    sent = {str(t.node): exchange.publish(v, outbox) for t, v in zip(targets, vectors, strict=True)}
+    vectors = node.craft(targets, int(instructions["round"])) if targets else {}
+    sent = {str(target): exchange.publish(corrupt(vector, fault), outbox)
+            for target, vector in vectors.items()}
     report: dict[str, Any] = {"sent": sent}
     if config.ledger:  # one signed header per recipient (different models: equivocation)
         participant = _participant_for(instructions, context)
@@ -341,20 +342,8 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
         array = _fetch(exchange, digest, message)
         if array is not None:
             models[int(position)] = torch.from_numpy(array.copy())
-    metrics: dict[str, float] = {"audited_models": float(len(models))}
-    if models:
-        stacked = torch.stack(list(models.values()))
-        average = stacked.mean(dim=0)
-        metrics["consensus_distance"] = float(((stacked - average) ** 2).sum(dim=1).mean())
-        task = _task(int(instructions["position"]), world, tasks)
-        for group, members in world.topology.groups.items():
-            present = [models[m] for m in members if m in models]
-            if not present:
-                continue
-            group_average = torch.stack(present).mean(dim=0)
-            result = task.evaluate(group_average)
-            suffix = "" if group == "all" else "_" + group.replace(" ", "_")
-            metrics[f"accuracy_avg_model{suffix}"] = result["accuracy"]
+    task = _task(int(instructions["position"]), world, tasks)
+    metrics = audit_models(world.topology, task, models)
     return _reply(message, {}, metrics)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from flwr_tempered.runtime.protocol import (
     REPORT,
     TRAIN,
 )
+from flwr_tempered.runtime.summary import metrics_line
 
 #: How long to wait for the expected nodes to appear after start.
 NODE_WAIT_SECONDS = 60.0
@@ -100,11 +101,6 @@ def _digests_in(value: Any) -> set[str]:
     if isinstance(value, list | tuple):
         return set().union(*(_digests_in(v) for v in value)) if value else set()
     return set()
-
-
-def _mean(values: Iterable[float]) -> float | None:
-    items = list(values)
-    return sum(items) / len(items) if items else None
 
 
 class DecentralizedStrategy:
@@ -391,30 +387,10 @@ class DecentralizedStrategy:
 
     def _metrics_line(self, t: int, log: RoundLog, audit: dict[str, float],
                       honest: list[int]) -> dict[str, Any]:
-        replies = [log.replies[p] for p in honest if p in log.replies]
-        accuracies = [r.metrics["accuracy"] for r in replies if "accuracy" in r.metrics]
-        line: dict[str, Any] = {
-            "round": t,
-            "accuracy_mean": _mean(accuracies),
-            "accuracy_min": min(accuracies) if accuracies else None,
-            "dropped_nodes": len(log.dropped),
-            "dropped": log.dropped,
-        }
-        for group, members in self.topology.groups.items():
-            if group == "all":
-                continue
-            values = [log.replies[p].metrics["accuracy"] for p in members
-                      if p in log.replies and "accuracy" in log.replies[p].metrics]
-            line[f"accuracy_mean_{group.replace(' ', '_')}"] = _mean(values)
-        line.update({k: v for k, v in audit.items() if k != "audited_models"})
+        line = metrics_line(t, self.topology, {p: r.metrics for p, r in log.replies.items()},
+                            log.dropped, audit)
         if self.builder is not None:
             line.update({"ledger_blocks": self.builder.height,
                          "ledger_rejections": self._committed_rejections,
                          "ledger_equivocators": sorted(self._equivocators)})
-        keys = sorted({k for r in replies for k in r.metrics
-                       if k.startswith(("rule_", "rejected_", "train_loss"))})
-        for key in keys:
-            values = [r.metrics[key] for r in replies if key in r.metrics]
-            total = key.startswith(("rejected_", "rule_rejected_", "rule_refused"))
-            line[key] = sum(values) if total else _mean(values)
         return line

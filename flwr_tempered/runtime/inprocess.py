@@ -1,0 +1,137 @@
+"""The in-process runtime: every node of a run stepped in one Python process.
+
+It runs the same :class:`~flwr_tempered.node.Node` objects through the same round as the
+Flower relay and ClientApp (aggregate what the neighbours sent, publish, evaluate, train,
+then the Byzantine nodes craft their vectors from the omniscient view), without messages,
+Ray or a ledger. For a config without a ledger it writes the same ``metrics.jsonl`` as a
+Flower run, up to float rounding (Ray's workers run torch on one thread, so reductions may
+add in another order; ``tests/test_inprocess.py`` checks this), at a fraction of
+the cost: no per-message overhead and no simulation engine start-up. The reproduction
+sweeps use it, as parameter sweeps over hundreds of short runs would otherwise spend most
+of their time in message passing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
+from flwr_tempered.experiments.results import RunResults, plot_run
+from flwr_tempered.node import Node, RunConfig, TargetInputs, build_world
+
+from .summary import audit_models, metrics_line
+
+ProgressCallback = Callable[[dict[str, Any], RunConfig], None]
+
+
+def _frozen(params: torch.Tensor) -> np.ndarray:
+    """A private copy of what a node sends (later rounds replace, never mutate, it)."""
+    array = params.detach().cpu().numpy().copy()
+    array.setflags(write=False)
+    return array
+
+
+def run_in_process(config: RunConfig, out: str | Path | None = None, *,
+                   progress: ProgressCallback | None = None, plot: bool = True
+                   ) -> list[dict[str, Any]]:
+    """Run ``config`` in this process; return the metrics lines. With ``out``, write the
+    results folder (config, metrics, timings, and ``accuracy.png`` when ``plot``).
+
+    A config that asks for a ledger, injected faults or the inline exchange is refused:
+    those exist only where messages travel (use :func:`~flwr_tempered.experiments.
+    simulate.simulate`).
+    """
+    if config.ledger or config.faults:
+        raise ValueError("the in-process runtime has no messages to sign or corrupt: set "
+                         "ledger=False and no faults, or run through Flower (simulate)")
+    world = build_world(config)
+    topology = world.topology
+    nodes = [Node(p, world) for p in range(topology.n)]
+    honest = [p for p in range(topology.n) if p not in topology.byzantine]
+    poisoning = config.byzantine > 0 and config.attack != "none" and issubclass(
+        attack_class(config.attack), ModelPoisoningAttack)
+    needs_previous = poisoning and bool(getattr(attack_class(config.attack), "uses_previous",
+                                                False))
+    results = RunResults(out) if out is not None else None
+    if results is not None:
+        results.write_config(config.to_dict())
+    inputs: dict[int, list[tuple[int, np.ndarray]]] = {p: [] for p in range(topology.n)}
+    history: list[dict[str, Any]] = []
+    timings: list[dict[str, float]] = []
+    for message_round in range(1, config.rounds + 2):
+        t = message_round - 1
+        evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
+        train = message_round <= config.rounds
+        start = time.perf_counter()
+        node_metrics: dict[int, dict[str, float]] = {}
+        half: dict[int, np.ndarray] = {}
+        models: dict[int, np.ndarray] = {}
+        for node in nodes:
+            received = inputs[node.position]
+            metrics = node.aggregate([s for s, _ in received], [v for _, v in received], t)
+            if not node.byzantine and (evaluate or needs_previous):
+                models[node.position] = _frozen(node.state.params)
+            if evaluate and not node.byzantine:
+                metrics.update(node.evaluate())
+            if train:
+                metrics.update(node.train(t))
+                half[node.position] = _frozen(node.state.params)
+            node_metrics[node.position] = metrics
+        audit: dict[str, float] = {}
+        if evaluate and honest:
+            audit = audit_models(topology, nodes[honest[0]].task,
+                                 {p: torch.from_numpy(models[p].copy()) for p in honest})
+        crafted: dict[int, dict[int, np.ndarray]] = {}
+        if train and poisoning:
+            crafted = {a: _craft(nodes[a], half, models, t + 1)
+                       for a in sorted(topology.byzantine)}
+        inputs = {p: [] for p in range(topology.n)}
+        for p in range(topology.n):
+            for q in topology.neighbors(p):
+                vector = crafted.get(q, {}).get(p) if q in crafted else half.get(q)
+                if vector is not None:
+                    inputs[p].append((q, vector))
+        timings.append({"round": float(t), "total_s": time.perf_counter() - start})
+        if evaluate:
+            line = metrics_line(t, topology, node_metrics, [], audit)
+            history.append(line)
+            if results is not None:
+                results.append_metrics(line)
+            if progress is not None:
+                progress(line, config)
+        if not train:
+            break
+    if results is not None:
+        results.write_timings(timings)
+        if plot:
+            plot_run(results.folder)
+    return history
+
+
+def _craft(attacker: Node, half: dict[int, np.ndarray], models: dict[int, np.ndarray],
+           round: int) -> dict[int, np.ndarray]:
+    """The vector ``attacker`` sends each honest neighbour, from the omniscient view the
+    Flower relay would give it (targets' and their honest neighbours' half-step models,
+    and the targets' previous models)."""
+    topology = attacker.world.topology
+    targets = [
+        TargetInputs(
+            node=target, model=half[target],
+            honest_neighbors=[j for j in topology.honest_neighbors(target) if j in half],
+            honest_models=[half[j] for j in topology.honest_neighbors(target) if j in half],
+            previous=models.get(target),
+        )
+        for target in topology.neighbors(attacker.position)
+        if target not in topology.byzantine and target in half
+    ]
+    if not targets:
+        return {}
+    vectors = attacker.craft(targets, round)
+    return {target: _frozen(torch.from_numpy(v)) for target, v in vectors.items()}
+
