@@ -4,7 +4,9 @@
 parameters; ``flwr-tempered topology NAME --topology-arg KEY=VALUE`` builds one topology
 and prints its numbers (nodes, Byzantine nodes, spectral gap, largest Byzantine weight),
 optionally drawing it; ``flwr-tempered run`` runs a decentralized training;
-``flwr-tempered ledger verify|show PATH`` checks and reads a run's ledger.
+``flwr-tempered ledger verify|show PATH`` checks and reads a run's ledger;
+``flwr-tempered reproduce [EXPERIMENT]`` and ``flwr-tempered plot EXPERIMENT`` run and
+draw the seed papers' experiments.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .ledger_cli import add_ledger_parser, run_ledger_command
+from .reproduce.cli import add_reproduce_parsers, run_reproduce_command
 
 #: What ``flwr-tempered list`` can print.
 SECTIONS = ("rules", "attacks", "topologies")
@@ -261,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     topo.add_argument("--plot", metavar="PNG", help="also draw the topology to this PNG file")
     add_ledger_parser(commands)
+    add_reproduce_parsers(commands)
     return parser
 
 
@@ -280,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run(args)
         elif args.command == "ledger":
             return run_ledger_command(args)
+        elif args.command in ("reproduce", "plot"):
+            return run_reproduce_command(args)
         elif args.command == "topology":
             params = parse_key_values(args.topology_arg, "--topology-arg")
             _describe_topology(args.name, params, args.plot)

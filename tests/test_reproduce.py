@@ -1,0 +1,203 @@
+"""The reproduction menu: the experiments' runs, resuming, the menu, figures and tables.
+
+The qualitative findings of each experiment are asserted in
+``tests/test_reproduce_findings.py`` on shortened runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flwr_tempered.experiments.cli import _check_buildable, main
+from flwr_tempered.experiments.reproduce import EXPERIMENTS, get_experiment
+from flwr_tempered.experiments.reproduce.consensus import (
+    CONSENSUS_RULES,
+    ConsensusSetting,
+    consensus_settings,
+)
+from flwr_tempered.experiments.reproduce.figures import (
+    grid_matrix,
+    markdown_table,
+    plot_experiment,
+    summary_rows,
+)
+from flwr_tempered.experiments.reproduce.runner import (
+    DONE_FILE,
+    experiment_cases,
+    load_results,
+    run_experiment,
+)
+from flwr_tempered.node import topology_of
+
+#: What a cpu preset may change against the published (full) settings.
+DATA_MODEL_STEPS = {"dataset", "model", "rounds", "eval_every", "lr_milestones", "augment"}
+EXPECTED_RUNS = {"optimization_delta": 25, "honest_majority": 24, "dumbbell": 10,
+                 "dumbbell_improvement": 12, "dumbbell_cifar": 10, "balance_grid": 63}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_RUNS))
+def test_cpu_preset_keeps_everything_but_data_model_and_steps(name: str) -> None:
+    cpu = experiment_cases(name, "cpu")
+    full = experiment_cases(name, "full")
+    assert len(cpu) == len(full) == EXPECTED_RUNS[name]
+    assert len({c.key for c in cpu}) == len(cpu), "run folders must be distinct"
+    for small, published in zip(cpu, full, strict=True):
+        assert small.key == published.key and small.labels == published.labels
+        a, b = small.config.to_dict(), published.config.to_dict()
+        differing = {k for k in a if a[k] != b[k]}
+        assert differing <= DATA_MODEL_STEPS, (small.key, differing)
+        assert small.config.dataset == "mnist-5k" and small.config.model == "small_cnn"
+        assert small.config.local_steps == 1 and not small.config.ledger
+        _check_buildable(small.config)
+        topology = topology_of(small.config)
+        assert topology.n == small.config.nodes
+        assert len(topology.byzantine) == small.config.byzantine
+
+
+def test_published_settings_of_the_clippedgossip_menu() -> None:
+    """Spot checks of spec §5 against the full preset."""
+    delta = {c.key: c for c in experiment_cases("optimization_delta", "full")}
+    case = delta["delta0.25-dissensus1.5"]
+    assert case.config.topology_args == {"m": 5, "b": 1, "delta": 1.0}
+    assert topology_of(case.config).delta_max == pytest.approx(0.25)
+    assert (case.config.rounds, case.config.lr, case.config.partition) == (
+        1500, 1e-3, "label_sorted")
+    assert case.config.rule_args == {"tau": 1.0} and case.config.attack_args == {"eps": 1.5}
+    majority = {c.key: c.config for c in experiment_cases("honest_majority", "full")}
+    assert topology_of(majority["hm0-TM-ALIE10"]).n == 16
+    assert topology_of(majority["hm1-TM-ALIE10"]).n == 15
+    assert majority["hm0-ClippedGossip-IPM"].rule_args == {"tau": 0.1}
+    assert majority["hm0-MOZI-IPM"].rule_args == {"rho": 0.4, "alpha": 0.5}
+    assert majority["hm0-TM-IPM"].rounds == 900
+    dumbbell = {c.key: c.config for c in experiment_cases("dumbbell", "full")}
+    assert topology_of(dumbbell["non-IID-TM"]).spectral_gap == pytest.approx(0.0154, abs=5e-4)
+    assert dumbbell["non-IID-TM"].partition == "clique"
+    improvement = {c.key: c.config for c in experiment_cases("dumbbell_improvement", "full")}
+    both = improvement["TM-bucketing+edge"]
+    assert both.rule == "bucketing" and both.rule_args["inner"] == {"name": "trimmed_mean",
+                                                                     "b": 1}
+    assert both.topology_args["r"] == 1
+    cifar = {c.key: c.config for c in experiment_cases("dumbbell_cifar", "full")}
+    assert cifar["IID-ClippedGossip"].rule_args == {"tau": 10.0}
+    assert (cifar["IID-TM"].dataset, cifar["IID-TM"].model) == ("cifar10", "vgg11_no_bn")
+    assert cifar["IID-TM"].batch_size == 64 and cifar["IID-TM"].augment == "crop_flip"
+    assert list(cifar["IID-TM"].lr_milestones) == [80 * 40, 120 * 40]
+    grid = experiment_cases("balance_grid", "cpu")
+    assert {c.labels["rule"] for c in grid} == {
+        "gossip", "median", "TM", "Krum", "ClippedGossip", "MOZI", "BALANCE"}
+    assert len({c.labels["attack"] for c in grid}) == 9  # the 8 attacks and no attack
+    assert all(c.config.byzantine == 0.2 * c.config.nodes for c in grid)
+
+
+def test_unknown_names_are_refused_with_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="dumbbell_cifar"):
+        get_experiment("dumbel")
+    with pytest.raises(ValueError, match="cpu, full"):
+        experiment_cases("dumbbell", "gpu")
+    with pytest.raises(ValueError, match="rounds"):
+        experiment_cases("dumbbell", "cpu", rounds=0)
+    assert set(EXPERIMENTS) == {"consensus", *EXPECTED_RUNS}
+
+
+def test_consensus_runs_resume_and_plot(tmp_path: Path) -> None:
+    """Every run lands in its own folder; a second call redoes nothing; a run without its
+    done marker (interrupted) is redone alone; the figure is drawn from the files."""
+    lines: list[str] = []
+    base = run_experiment("consensus", root=tmp_path, echo=lines.append)
+    expected = len(consensus_settings()) * len(CONSENSUS_RULES)
+    folders = sorted(p.parent for p in base.glob(f"*/{DONE_FILE}"))
+    assert len(folders) == expected
+    assert lines[-1].startswith(f"== consensus: {expected} runs")
+    stamps = {f: (f / DONE_FILE).stat().st_mtime_ns for f in folders}
+    lines.clear()
+    run_experiment("consensus", root=tmp_path, echo=lines.append)
+    assert f"{expected} already done" in lines[0] and lines[-1].startswith("== consensus: 0 runs")
+    assert stamps == {f: (f / DONE_FILE).stat().st_mtime_ns for f in folders}
+    (folders[0] / DONE_FILE).unlink()
+    lines.clear()
+    run_experiment("consensus", root=tmp_path, echo=lines.append)
+    assert lines[-1].startswith("== consensus: 1 runs")
+    assert any(folders[0].name in line for line in lines)
+    png = plot_experiment("consensus", root=tmp_path)
+    assert png.stat().st_size > 10_000
+    rows = summary_rows("consensus", root=tmp_path)
+    assert len(rows) == expected
+    assert "final_error" in markdown_table(rows)
+
+
+def test_consensus_findings() -> None:
+    """Spec §5, consensus: median and trimmed mean stay at error 1e4 on every chain;
+    ClippedGossip with the oracle radius reaches about 0 on the well-connected chains and
+    converges faster the larger the spectral gap."""
+    from flwr_tempered.experiments.reproduce.consensus import run_setting
+
+    settings = consensus_settings()
+    for setting in settings:
+        assert run_setting(setting, "median")[-1] == pytest.approx(1e4)
+        assert run_setting(setting, "trimmed_mean")[-1] == pytest.approx(1e4)
+    best = max(settings, key=lambda s: (s.beta, -s.delta_max))
+    assert run_setting(best, "clipped_gossip_oracle")[-1] < 1e-6
+    for delta_max in {s.delta_max for s in settings}:
+        chain = sorted((s for s in settings if s.delta_max == delta_max), key=lambda s: s.beta)
+        finals = [run_setting(s, "clipped_gossip_oracle")[-1] for s in chain]
+        assert finals == sorted(finals, reverse=True), (delta_max, finals)
+        assert finals[-1] < 1.0 < 1e4 / 2
+
+
+def test_consensus_setting_checks_its_weights() -> None:
+    with pytest.raises(ValueError, match="delta_max"):
+        ConsensusSetting(0.5, 0.1)
+    with pytest.raises(ValueError, match="honest_weight"):
+        ConsensusSetting(0.0, 0.1)
+
+
+def test_menu_lists_run_and_plot_for_every_experiment(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("q\n"))
+    assert main(["reproduce", "--out", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    for name in EXPERIMENTS:
+        assert f"run   {name}" in shown and f"plot  {name}" in shown
+    # choosing "plot consensus" before any run: a clear error, exit 2
+    number = list(EXPERIMENTS).index("consensus") * 2 + 2
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(f"{number}\n"))
+    assert main(["reproduce", "--out", str(tmp_path)]) == 2
+    assert "run `flwr-tempered reproduce consensus` first" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("99\n"))
+    assert main(["reproduce", "--out", str(tmp_path)]) == 2
+    assert "expected a number from 1 to" in capsys.readouterr().err
+
+
+def test_reproduce_command_runs_shortened_cases_and_plots(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--rounds`` and ``--only`` through the command line; the table and figure come
+    from the files; a longer rerun is a different run (not taken as done)."""
+    argv = ["reproduce", "dumbbell_improvement", "--out", str(tmp_path), "--rounds", "2",
+            "--only", "TM-base", "--only", "TM-bucketing+edge"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "TM-base" in out and "TM-bucketing+edge" in out and "figure:" in out
+    found = load_results("dumbbell_improvement", root=tmp_path)
+    assert sorted(c.key for c, _ in found) == ["TM-base", "TM-bucketing+edge"]
+    assert all(m[-1]["round"] == 2 for _, m in found)
+    config = json.loads((tmp_path / "dumbbell_improvement" / "cpu" / "TM-base" /
+                         "config.json").read_text())
+    assert config["rounds"] == 2 and config["topology"] == "dumbbell"
+    assert main(["plot", "dumbbell_improvement", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "dumbbell_improvement" / "cpu" / "dumbbell_improvement.png").exists()
+    lines: list[str] = []
+    run_experiment("dumbbell_improvement", root=tmp_path, rounds=3, only=["TM-base"],
+                   echo=lines.append, round_progress=False)
+    assert "0 already done" in lines[0]
+
+
+def test_grid_matrix_reads_worst_honest_error() -> None:
+    case = next(c for c in experiment_cases("balance_grid", "cpu") if c.key == "BALANCE-ALIE")
+    rules, attacks, values = grid_matrix([(case, [{"round": 0, "accuracy_min": 0.1},
+                                                  {"round": 5, "accuracy_min": 0.75}])])
+    assert rules == ["BALANCE"] and attacks == ["ALIE"]
+    assert values[0][0] == pytest.approx(25.0)
