@@ -11,12 +11,17 @@ momentum ``m`` — plus a :class:`BatchSampler`. :func:`local_sgd` runs
 and returns new tensors, so aggregation rules, attacks and the runtime only ever handle
 tensors and the ``nn.Module`` is a scratch evaluator. Everything runs on ``params.device``
 (CPU or CUDA); the caller moves a node's images there once.
+
+Two training options of the published CIFAR-10 setting live here too: :func:`step_lr`
+(the learning rate multiplied by ``gamma`` at given rounds) and :class:`CropFlip` (random
+crop of the zero-padded image, then a random horizontal flip, on every training batch,
+drawn from the augmenter's own seeded generator).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +35,9 @@ from flwr_tempered.models import bind_vector, check_vector
 
 #: A data-poisoning hook: ``(images, labels) -> (images, labels)`` applied to every batch.
 BatchTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+#: The training-batch augmentations :class:`~flwr_tempered.node.RunConfig` accepts.
+AUGMENTATIONS = ("none", "crop_flip")
 
 
 def _is_int(value: object) -> bool:
@@ -173,6 +181,85 @@ class BatchSampler:
         self._order = order.clone()
         self._position = position
         self.epoch = int(state["epoch"])
+        self.seed = int(state.get("seed", self.seed))
+
+
+def step_lr(lr: float, round: int, milestones: Sequence[int], gamma: float) -> float:
+    """The step schedule: ``lr * gamma ** k`` with ``k`` the number of ``milestones``
+    that are ``<= round``. So with milestones ``(80, 120)`` and ``gamma = 0.1`` rounds
+    0..79 use ``lr``, rounds 80..119 ``0.1 * lr`` and rounds from 120 on ``0.01 * lr``."""
+    return float(lr) * float(gamma) ** sum(1 for m in milestones if m <= round)
+
+
+def crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random crop then random horizontal flip of each image of a batch, as torchvision's
+    ``RandomCrop(size, padding=pad)`` followed by ``RandomHorizontalFlip(0.5)``.
+
+    ``images`` is ``[B, C, H, W]`` (or ``[B, H, W]``). Each image is zero-padded by
+    ``pad`` pixels on every side and an ``H x W`` window is cut at a uniformly random
+    offset in ``[0, 2 * pad]`` along each axis (so the content shifts by up to ``pad``
+    pixels, the uncovered border being zeros); then, with probability 1/2, the window is
+    mirrored left-right. ``pad = 4`` is the CIFAR-10 setting (1/8 of 32 pixels); it is
+    kept fixed for other image sizes. All draws come from ``generator`` (a CPU
+    ``torch.Generator``; three draws per call: row offsets, column offsets, flips), never
+    from the global RNG. Returns a new tensor of the input's shape, dtype and device;
+    ``images`` is not modified.
+    """
+    if images.dim() not in (3, 4):
+        raise ValueError(f"crop_flip: images must be [B, C, H, W] or [B, H, W], "
+                         f"got shape {tuple(images.shape)}")
+    if not _is_int(pad) or pad < 0:
+        raise ValueError(f"crop_flip: pad must be an integer >= 0, got {pad!r}")
+    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    rows0 = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
+    cols0 = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    device = images.device
+    rows = (rows0[:, None] + torch.arange(height)).to(device)            # [B, H]
+    cols = cols0[:, None] + torch.arange(width)                         # [B, W]
+    cols = torch.where(flip[:, None], cols.flip(1), cols).to(device)
+    four_d = images.unsqueeze(1) if images.dim() == 3 else images
+    padded = functional.pad(four_d, (pad, pad, pad, pad))                # [B, C, H+2p, W+2p]
+    samples = torch.arange(batch, device=device)[:, None, None, None]
+    channels = torch.arange(four_d.shape[1], device=device)[None, :, None, None]
+    out = padded[samples, channels, rows[:, None, :, None], cols[:, None, None, :]]
+    return out.squeeze(1) if images.dim() == 3 else out                # [B, C, H, W]
+
+
+class CropFlip:
+    """:func:`crop_flip` as a batch transform with its own ``torch.Generator``.
+
+    Called as ``augment(images, labels) -> (augmented images, labels)`` (labels are
+    passed through), so it composes with a data-poisoning :data:`BatchTransform`. The
+    generator is seeded with ``seed``; :meth:`state_dict` / :meth:`load_state_dict`
+    persist it, so an augmenter restored from a state draws exactly the crops and flips
+    the original would have drawn.
+    """
+
+    def __init__(self, seed: int = 0, pad: int = 4) -> None:
+        if not _is_int(seed):
+            raise ValueError(f"CropFlip: seed must be an integer, got {seed!r}")
+        if not _is_int(pad) or pad < 0:
+            raise ValueError(f"CropFlip: pad must be an integer >= 0, got {pad!r}")
+        self.seed = int(seed)
+        self.pad = int(pad)
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(self.seed)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return crop_flip(images, self._generator, self.pad), labels
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed and the generator state (a CPU ``uint8`` tensor)."""
+        return {"seed": self.seed, "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict` output (the tensor may come back as a numpy
+        array). ``ValueError`` when the generator state is missing."""
+        if "generator" not in state:
+            raise ValueError("CropFlip state lacks generator")
+        generator = torch.as_tensor(np.asarray(state["generator"]), dtype=torch.uint8)
+        self._generator.set_state(generator.clone())
         self.seed = int(state.get("seed", self.seed))
 
 

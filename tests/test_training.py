@@ -1,5 +1,6 @@
 """The local step of reproduction spec §1 on flat vectors: heavy-ball SGD, the batch
-sampler, evaluation, and a convergence check on scikit-learn's digits."""
+sampler, evaluation, a convergence check on scikit-learn's digits, and the CIFAR-10
+training options (step learning-rate schedule, crop+flip augmentation)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from torch.nn import functional
 from flwr_tempered.models import build_model, flatten_parameters, load_flat_parameters
 from flwr_tempered.training import (
     BatchSampler,
+    CropFlip,
     SGDConfig,
+    crop_flip,
     evaluate,
     local_sgd,
     loss_on_batch,
+    step_lr,
 )
 
 IN, OUT, N = 3, 2, 6
@@ -340,6 +344,131 @@ def test_small_cnn_with_local_sgd_learns_sklearn_digits_quickly() -> None:
     assert loss < np.log(10)  # the mean training loss fell below chance level
 
 
+# ------------------------------------------------------------------ lr schedule
+@pytest.mark.parametrize(
+    ("round_", "expected"),
+    [(0, 0.1), (79, 0.1), (80, 0.01), (81, 0.01), (119, 0.01), (120, 0.001), (500, 0.001)],
+)
+def test_step_lr_multiplies_by_gamma_from_each_milestone_on(round_: int, expected: float
+                                                             ) -> None:
+    assert step_lr(0.1, round_, (80, 120), 0.1) == pytest.approx(expected, rel=1e-12)
+
+
+def test_step_lr_without_milestones_or_with_gamma_one_is_constant() -> None:
+    assert [step_lr(0.05, t, (), 0.1) for t in (0, 10, 1000)] == [0.05] * 3
+    assert [step_lr(0.05, t, (1, 2), 1.0) for t in (0, 1, 2, 3)] == [0.05] * 4
+
+
+# ------------------------------------------------------------------ crop + flip
+def _windows(image: Tensor, pad: int) -> dict[tuple[int, int, bool], Tensor]:
+    """Every crop (row offset, column offset, flipped) of ``image`` [C, H, W] zero-padded
+    by ``pad``, built with plain slicing (the reference for :func:`crop_flip`)."""
+    channels, height, width = image.shape
+    padded = torch.zeros(channels, height + 2 * pad, width + 2 * pad, dtype=image.dtype)
+    padded[:, pad : pad + height, pad : pad + width] = image
+    windows = {}
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            window = padded[:, dy : dy + height, dx : dx + width]
+            windows[(dy, dx, False)] = window
+            windows[(dy, dx, True)] = window.flip(-1)
+    return windows
+
+
+def _match(output: Tensor, windows: dict[tuple[int, int, bool], Tensor]) -> tuple[int, int, bool]:
+    found = [key for key, window in windows.items() if torch.equal(output, window)]
+    assert len(found) == 1, found  # every window of a distinct-valued image is unique
+    return found[0]
+
+
+def test_crop_flip_outputs_a_padded_window_of_each_image_with_every_offset_and_flip() -> None:
+    """Images with distinct nonzero pixels identify the window each output was cut from:
+    all (2*4+1)^2 offsets and both orientations occur, flips about half the time, and the
+    shifted content leaves zeros (the padding) on the uncovered border."""
+    size, batch = 6, 3000
+    image = torch.arange(1, 2 * size * size + 1, dtype=torch.float32).reshape(2, size, size)
+    images = image.expand(batch, -1, -1, -1).clone()
+    before = images.clone()
+    out = crop_flip(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.stride() == images.contiguous().stride()  # plain layout, as conv weights need
+    assert torch.equal(images, before)  # the input is not modified
+    windows = _windows(image, pad=4)
+    keys = [_match(o, windows) for o in out]
+    assert {(dy, dx) for dy, dx, _ in keys} == {(dy, dx) for dy in range(9) for dx in range(9)}
+    flips = sum(flipped for _, _, flipped in keys) / batch
+    assert 0.45 < flips < 0.55, flips
+    centred = sum((dy, dx) == (4, 4) for dy, dx, _ in keys) / batch
+    assert 0.5 / 81 < centred < 2 / 81  # uniform offsets: the identity crop is rare
+    shifted = next(i for i, (dy, dx, f) in enumerate(keys) if (dy, dx, f) == (0, 8, False))
+    # window starting at padded row 0, column 8: content moved down 4 and left 4
+    assert torch.equal(out[shifted, :, :4], torch.zeros(2, 4, size))
+    assert torch.equal(out[shifted, :, :, 2:], torch.zeros(2, size, 4))
+    assert torch.equal(out[shifted, :, 4:, :2], image[:, :2, 4:])
+
+
+def test_crop_flip_without_padding_only_flips_about_half_the_images() -> None:
+    images = torch.rand(4000, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    out = crop_flip(images, torch.Generator().manual_seed(2), pad=0)
+    same = (out == images).flatten(1).all(1)
+    flipped = (out == images.flip(-1)).flatten(1).all(1)
+    assert bool((same ^ flipped).all())
+    assert 0.47 < float(flipped.float().mean()) < 0.53
+
+
+def test_crop_flip_works_on_any_square_size_and_on_channel_less_batches() -> None:
+    g = torch.Generator().manual_seed(3)
+    for shape in ((5, 3, 32, 32), (4, 1, 8, 8), (2, 1, 28, 28), (6, 8, 8)):
+        images = torch.rand(*shape, generator=g)
+        out = crop_flip(images, g)
+        assert out.shape == images.shape
+        assert out.stride() == images.stride()
+    three_d = torch.rand(7, 8, 8, generator=g)
+    state = g.get_state()
+    as_3d = crop_flip(three_d, g)
+    g.set_state(state)
+    assert torch.equal(as_3d, crop_flip(three_d.unsqueeze(1), g).squeeze(1))
+
+
+def test_crop_flip_is_fixed_by_the_generator_and_ignores_the_global_rng() -> None:
+    images = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    first = crop_flip(images, torch.Generator().manual_seed(9))
+    torch.manual_seed(123)
+    assert torch.equal(crop_flip(images, torch.Generator().manual_seed(9)), first)
+    assert not torch.equal(crop_flip(images, torch.Generator().manual_seed(10)), first)
+
+
+@pytest.mark.parametrize("bad", [{"images": torch.zeros(3, 3)}, {"pad": -1}, {"pad": 1.5}])
+def test_crop_flip_rejects_bad_arguments(bad: dict[str, Any]) -> None:
+    args: dict[str, Any] = {"images": torch.zeros(2, 1, 4, 4),
+                            "generator": torch.Generator(), **bad}
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        crop_flip(**args)
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_crop_flip_augmenter_resumes_its_stream_from_its_state_dict(as_numpy: bool) -> None:
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    labels = torch.arange(16)
+    original = CropFlip(seed=21)
+    for _ in range(3):
+        original(images, labels)
+    state = original.state_dict()
+    if as_numpy:  # how the runtime stores it
+        state = {k: v.numpy() if isinstance(v, Tensor) else v for k, v in state.items()}
+    resumed = CropFlip(seed=0)
+    resumed.load_state_dict(state)
+    assert resumed.seed == 21
+    for _ in range(3):
+        (a, la), (b, lb) = resumed(images, labels), original(images, labels)
+        assert torch.equal(a, b) and la is labels and lb is labels
+    fresh_a, fresh_b = CropFlip(seed=21)(images, labels)[0], CropFlip(seed=22)(images, labels)[0]
+    assert not torch.equal(fresh_a, fresh_b)
+    with pytest.raises(ValueError, match="generator"):
+        CropFlip().load_state_dict({"seed": 1})
+
+
 # Defined only where CUDA exists (no skip markers: CPU machines simply lack the case).
 if torch.cuda.is_available():
 
@@ -359,3 +488,10 @@ if torch.cuda.is_available():
                                                              labels.cuda())["accuracy"])
         assert loss_on_batch(model, x_gpu, images, labels) == pytest.approx(
             loss_on_batch(model.cpu(), x_cpu, images, labels), rel=1e-5)
+
+    def test_crop_flip_on_cuda_matches_cpu_and_stays_there() -> None:
+        images = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+        on_cpu = crop_flip(images, torch.Generator().manual_seed(1))
+        on_gpu = crop_flip(images.cuda(), torch.Generator().manual_seed(1))
+        assert on_gpu.device.type == "cuda"
+        assert torch.equal(on_gpu.cpu(), on_cpu)

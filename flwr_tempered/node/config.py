@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 from flwr_tempered.ledger import EQUIVOCATOR_POLICIES
+from flwr_tempered.training import AUGMENTATIONS, step_lr
 
 #: The faults :attr:`RunConfig.faults` can inject.
 FAULT_KINDS = ("nan", "inf", "shape", "dtype", "empty", "raise", "timeout",
@@ -42,6 +44,17 @@ class RunConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    #: Step learning-rate schedule: the lr of round ``t`` (0-based, the round index a node
+    #: trains in) is ``lr * lr_gamma ** (number of milestones <= t)``. Milestones are
+    #: strictly increasing positive round indices; ``()`` keeps the lr constant. In a
+    #: Flower run config it is a JSON list string such as ``"[80, 120]"``.
+    lr_milestones: tuple[int, ...] = ()
+    #: The factor, in (0, 1], the lr is multiplied by at each milestone.
+    lr_gamma: float = 0.1
+    #: Augmentation of every training batch: ``none`` or ``crop_flip`` (random crop of the
+    #: image zero-padded by 4 pixels on each side, then a random horizontal flip; see
+    #: :func:`flwr_tempered.training.crop_flip`).
+    augment: str = "none"
     eval_every: int = 5
     seed: int = 0
     exchange: str = "shared"
@@ -82,6 +95,10 @@ class RunConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+        self._check_schedule()
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
+                             f"got {self.augment!r}")
         if self.exchange not in ("shared", "inline"):
             raise ValueError(f"exchange must be 'shared' or 'inline', got {self.exchange!r}")
         if not self.node_cpus > 0 or self.node_gpus < 0:
@@ -108,6 +125,28 @@ class RunConfig:
                     f"got {kind!r}"
                 )
 
+    def _check_schedule(self) -> None:
+        """Validate ``lr_milestones`` (normalised to a tuple: lists are accepted) and
+        ``lr_gamma``."""
+        milestones = self.lr_milestones
+        if isinstance(milestones, list):
+            milestones = tuple(milestones)
+            object.__setattr__(self, "lr_milestones", milestones)
+        if not isinstance(milestones, tuple) or not all(
+                isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in milestones
+        ) or any(a >= b for a, b in pairwise(milestones)):
+            raise ValueError(
+                f"lr_milestones must be a strictly increasing sequence of integers >= 1, "
+                f"got {self.lr_milestones!r}"
+            )
+        gamma = self.lr_gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0 < gamma <= 1:
+            raise ValueError(f"lr_gamma must lie in (0, 1], got {gamma!r}")
+
+    def lr_at(self, round: int) -> float:
+        """The learning rate of round ``round`` (0-based) under the step schedule."""
+        return step_lr(self.lr, round, self.lr_milestones, self.lr_gamma)
+
     def fault_at(self, position: int, round: int) -> str | None:
         """The fault node ``position`` injects in ``round``, if any."""
         fault = self.faults.get(str(position))
@@ -118,20 +157,27 @@ class RunConfig:
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-friendly dictionary (parameter mappings as dicts)."""
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items()}
+        """Plain JSON-friendly dictionary (parameter mappings as dicts, ``lr_milestones``
+        as a list)."""
+        values = asdict(self)
+        values["lr_milestones"] = list(self.lr_milestones)
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in values.items()}
 
     def to_flower(self) -> dict[str, int | float | str | bool]:
-        """Flat Flower run config: mappings become JSON strings, keys use dashes."""
+        """Flat Flower run config: mappings and lists become JSON strings, keys use
+        dashes."""
         flat: dict[str, int | float | str | bool] = {}
         for key, value in self.to_dict().items():
-            flat[key.replace("_", "-")] = json.dumps(value) if isinstance(value, dict) else value
+            flat[key.replace("_", "-")] = (
+                json.dumps(value) if isinstance(value, dict | list) else value
+            )
         return flat
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Build from a dict or a Flower run config (dashes or underscores; JSON strings
-        for the ``*_args`` mappings). Unknown keys raise ``ValueError`` listing the valid."""
+        for the ``*_args`` mappings and for ``lr_milestones``, which also takes a list).
+        Unknown keys raise ``ValueError`` listing the valid."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for raw_key, value in values.items():
@@ -147,5 +193,20 @@ class RunConfig:
                     raise ValueError(f"{raw_key} must be a JSON object: {error}") from None
             if (key.endswith("_args") or key == "faults") and not isinstance(value, Mapping):
                 raise ValueError(f"{raw_key} must be a mapping, got {value!r}")
+            if key == "lr_milestones":
+                value = _milestones(raw_key, value)
             kwargs[key] = value
         return cls(**kwargs)
+
+
+def _milestones(raw_key: str, value: Any) -> Any:
+    """``lr_milestones`` from a JSON list string (``"[80, 120]"``, ``""`` for none) or a
+    list/tuple, as a tuple; the dataclass validates the entries."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{raw_key} must be a JSON list of integers: {error}") from None
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{raw_key} must be a list of integers, got {value!r}")
+    return tuple(value)

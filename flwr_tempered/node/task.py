@@ -10,6 +10,7 @@ an evaluate function.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -19,6 +20,7 @@ from flwr_tempered.models import default_device, flatten_parameters, load_flat_p
 from flwr_tempered.training import (
     BatchSampler,
     BatchTransform,
+    CropFlip,
     SGDConfig,
     evaluate,
     local_sgd,
@@ -59,8 +61,30 @@ class TrainingTask(Protocol):
         ...
 
 
+#: Added to a node's batch-sampler seed to seed its augmentation generator, so the two
+#: streams differ (distinct from every sampler seed while ``seed * 100_003 + position``
+#: stays below 2**32).
+AUGMENT_SEED_OFFSET = 2**32
+
+
 class SupervisedTask:
-    """The run config's dataset partition, model and local SGD with momentum."""
+    """The run config's dataset partition, model and local SGD with momentum.
+
+    Learning-rate schedule: the task counts the rounds it has trained in
+    (``rounds_trained``, kept in :meth:`state_dict` with the batch sampler, so it survives
+    the node being rebuilt from its saved state every round) and trains round ``t`` with
+    ``config.lr_at(t)``. Every node trains exactly once per round from round 0, so the
+    count equals the round index of :meth:`Node.train <flwr_tempered.node.Node.train>`; a
+    node whose handler failed in a round (an injected ``raise`` fault) saved no state
+    then, and its schedule counts only the rounds it really trained.
+
+    Augmentation (``config.augment == "crop_flip"``): every training batch goes through
+    :class:`~flwr_tempered.training.CropFlip` with the node's own generator (persisted in
+    :meth:`state_dict`) *before* the data-poisoning ``transform`` of an attacker: the
+    attacker poisons the batch the model is trained on, so e.g. a backdoor trigger is
+    stamped where it will be at test time instead of being cropped off or mirrored.
+    Evaluation and MOZI's loss check use the raw images.
+    """
 
     def __init__(self, world: World, position: int) -> None:
         config = world.config
@@ -73,21 +97,47 @@ class SupervisedTask:
         self.images = world.dataset.train_images[indices].to(self.device)
         self.labels = world.dataset.train_labels[indices].to(self.device)
         self.model = world.new_model().to(self.device)
-        self.sampler = BatchSampler(len(indices), config.batch_size,
-                                    seed=config.seed * 100_003 + position)
+        seed = config.seed * 100_003 + position
+        self.sampler = BatchSampler(len(indices), config.batch_size, seed=seed)
+        self.augment: CropFlip | None = (
+            CropFlip(seed=seed + AUGMENT_SEED_OFFSET) if config.augment == "crop_flip" else None
+        )
+        #: Rounds trained so far: the index of the next round (the schedule's position).
+        self.rounds_trained = 0
         self._test: tuple[Tensor, Tensor] | None = None
 
     def initial_parameters(self) -> Tensor:
         return self.world.initial_parameters.clone()
 
+    @property
+    def lr(self) -> float:
+        """The learning rate the next call of :meth:`train` uses."""
+        return self.world.config.lr_at(self.rounds_trained)
+
+    def _batch_transform(self, transform: BatchTransform | None) -> BatchTransform | None:
+        """The augmentation, then the attacker's ``transform`` (either may be absent)."""
+        augment = self.augment
+        if augment is None:
+            return transform
+        if transform is None:
+            return augment
+
+        def augment_then_poison(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+            return transform(*augment(images, labels))
+
+        return augment_then_poison
+
     def train(self, params: Tensor, momentum: Tensor, transform: BatchTransform | None
               ) -> tuple[Tensor, Tensor, dict[str, float]]:
         home = params.device
+        lr = self.lr
         new_params, new_momentum, loss = local_sgd(
             self.model, params.to(self.device), momentum.to(self.device), self.images,
-            self.labels, self.sampler, self.sgd, transform=transform,
+            self.labels, self.sampler, replace(self.sgd, lr=lr),
+            transform=self._batch_transform(transform),
         )
-        return new_params.to(home), new_momentum.to(home), {"train_loss": float(loss)}
+        self.rounds_trained += 1
+        return new_params.to(home), new_momentum.to(home), {"train_loss": float(loss), "lr": lr}
 
     def evaluate(self, params: Tensor) -> dict[str, float]:
         images, labels = self._test_set()
@@ -106,11 +156,28 @@ class SupervisedTask:
                              self.labels[batch])
 
     def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
+        """One flat dict (ints and CPU tensors, as the runtime stores it): the batch
+        sampler's state, ``rounds_trained`` and, when augmenting, ``augment_seed`` and
+        ``augment_generator``."""
+        state = self.sampler.state_dict()
+        state["rounds_trained"] = self.rounds_trained
+        if self.augment is not None:
+            augment = self.augment.state_dict()
+            state["augment_seed"] = augment["seed"]
+            state["augment_generator"] = augment["generator"]
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            self.sampler.load_state_dict(state)
+        """Restore :meth:`state_dict`. States saved before the schedule and augmentation
+        existed (the sampler's keys only) still load: ``rounds_trained`` is then 0 and the
+        augmentation generator keeps its seeded start."""
+        if not state:
+            return
+        self.sampler.load_state_dict(state)
+        self.rounds_trained = int(state.get("rounds_trained", 0))
+        if self.augment is not None and "augment_generator" in state:
+            self.augment.load_state_dict({"seed": state.get("augment_seed", self.augment.seed),
+                                          "generator": state["augment_generator"]})
 
 
 #: ``train_fn(model, partition_id, transform) -> metrics``: trains ``model`` in place.

@@ -201,6 +201,7 @@ CIFAR_RULES = (DUMBBELL_RULES[0], ("ClippedGossip", "clipped_gossip", {"tau": 10
 
 def _dumbbell_cifar(preset: str) -> list[Case]:
     _check_preset(preset)
+    data: dict[str, Any]
     if preset == "full":
         epoch, epochs = CIFAR_EPOCH, 150
         data = {"dataset": "cifar10", "model": "vgg11_no_bn", "augment": "crop_flip"}
@@ -247,6 +248,7 @@ GRID_ATTACKS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 def _balance_grid(preset: str) -> list[Case]:
     _check_preset(preset)
+    data: dict[str, Any]
     if preset == "full":
         data = {"dataset": "mnist", "model": "mnist_cnn", "rounds": 1000, "eval_every": 50}
     else:

@@ -82,7 +82,7 @@ def _curves_figure(experiment: str, results: Results, title: str) -> Figure:
             if spec.style_by:
                 label += f" · {case.labels[spec.style_by]}"
             ax.plot(xs, ys, color=colours[case.labels[spec.colour_by]],
-                    linestyle=styles.get(case.labels.get(spec.style_by), "-"), label=label,
+                    linestyle=styles.get(case.labels.get(spec.style_by or ""), "-"), label=label,
                     linewidth=1.4)
         ax.set_title(_label_text(panel) if panel is not None else spec.title, fontsize=10)
         ax.set_xlabel("iterations")
