@@ -4,15 +4,18 @@ It runs the same :class:`~flwr_tempered.node.Node` objects through the same roun
 Flower relay and ClientApp (aggregate what the neighbours sent, publish, evaluate, train,
 then the Byzantine nodes craft their vectors from the omniscient view), without messages,
 Ray or a ledger. For a config without a ledger it writes the same ``metrics.jsonl`` as a
-Flower run, up to float rounding (Ray's workers run torch on one thread, so reductions may
-add in another order; ``tests/test_inprocess.py`` checks this), at a fraction of
-the cost: no per-message overhead and no simulation engine start-up. The reproduction
-sweeps use it, as parameter sweeps over hundreds of short runs would otherwise spend most
-of their time in message passing.
+Flower run up to float rounding (Ray's workers run torch on one thread, so reductions may
+add in another order; ``tests/test_inprocess.py`` checks this), at a fraction of the cost:
+no per-message overhead and no simulation engine start-up. A node whose round raises (a
+rule refusing non-finite input, say) is dropped for that round and resumes from its
+previous state, as a ClientApp whose handler fails does. The reproduction sweeps use this
+runtime: parameter sweeps over hundreds of runs would otherwise spend most of their time
+in message passing.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,21 +75,26 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
         node_metrics: dict[int, dict[str, float]] = {}
         half: dict[int, np.ndarray] = {}
         models: dict[int, np.ndarray] = {}
+        dropped: list[int] = []
         for node in nodes:
-            received = inputs[node.position]
-            metrics = node.aggregate([s for s, _ in received], [v for _, v in received], t)
-            if not node.byzantine and (evaluate or needs_previous):
-                models[node.position] = _frozen(node.state.params)
-            if evaluate and not node.byzantine:
-                metrics.update(node.evaluate())
-            if train:
-                metrics.update(node.train(t))
-                half[node.position] = _frozen(node.state.params)
+            snapshot = copy.deepcopy(node.save_state())
+            try:
+                metrics, model, sent = _step(node, inputs[node.position], t, evaluate,
+                                             evaluate or needs_previous, train)
+            except Exception:  # a failing node is dropped for the round, as in Flower
+                node.load_state(snapshot)
+                dropped.append(node.position)
+                continue
             node_metrics[node.position] = metrics
+            if model is not None:
+                models[node.position] = model
+            if sent is not None:
+                half[node.position] = sent
         audit: dict[str, float] = {}
         if evaluate and honest:
             audit = audit_models(topology, nodes[honest[0]].task,
-                                 {p: torch.from_numpy(models[p].copy()) for p in honest})
+                                 {p: torch.from_numpy(models[p].copy()) for p in honest
+                                  if p in models})
         crafted: dict[int, dict[int, np.ndarray]] = {}
         if train and poisoning:
             crafted = {a: _craft(nodes[a], half, models, t + 1)
@@ -99,7 +107,7 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
                     inputs[p].append((q, vector))
         timings.append({"round": float(t), "total_s": time.perf_counter() - start})
         if evaluate:
-            line = metrics_line(t, topology, node_metrics, [], audit)
+            line = metrics_line(t, topology, node_metrics, dropped, audit)
             history.append(line)
             if results is not None:
                 results.append_metrics(line)
@@ -112,6 +120,23 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
         if plot:
             plot_run(results.folder)
     return history
+
+
+def _step(node: Node, received: list[tuple[int, np.ndarray]], round: int, evaluate: bool,
+          publish_model: bool, train: bool
+          ) -> tuple[dict[str, float], np.ndarray | None, np.ndarray | None]:
+    """One node's part of a round, in the ClientApp's order: aggregate what the
+    neighbours sent, publish the model (evaluation rounds, or for attacks that read it),
+    evaluate, train. Returns the metrics, the published model and the half-step model."""
+    metrics = node.aggregate([s for s, _ in received], [v for _, v in received], round)
+    model = _frozen(node.state.params) if publish_model and not node.byzantine else None
+    if evaluate and not node.byzantine:
+        metrics.update(node.evaluate())
+    sent = None
+    if train:
+        metrics.update(node.train(round))
+        sent = _frozen(node.state.params)
+    return metrics, model, sent
 
 
 def _craft(attacker: Node, half: dict[int, np.ndarray], models: dict[int, np.ndarray],
