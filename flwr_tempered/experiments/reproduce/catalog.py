@@ -16,8 +16,8 @@ Presets:
 
 One step of the papers is one local SGD step followed by one exchange: a run has
 ``local_steps = 1`` and ``rounds`` = steps. "Epoch" in the MNIST settings is 30 steps
-(evaluation once per epoch; the cpu presets of the 20-node dumbbells evaluate every third
-epoch, as evaluation is a third of their cost).
+(evaluation once per epoch in the full presets; the cpu presets evaluate 8-10 times per
+run, as evaluating every node is a third of their cost).
 
 ClippedGossip's radius ``tau`` is a Euclidean length in parameter space, so it belongs to
 the model: the same ``tau`` is a much wider radius for a 28,874-parameter CNN than for the
@@ -121,7 +121,8 @@ def scaled_rule_args(rule: str, args: Mapping[str, Any], preset: str,
 MNIST_CNN = ("mnist_cnn", "mnist")
 
 
-def _mnist(preset: str, steps_cpu: int, steps_full: int, **values: Any) -> dict[str, Any]:
+def _mnist(preset: str, steps_cpu: int, steps_full: int, cpu_eval_every: int = MNIST_EPOCH,
+           **values: Any) -> dict[str, Any]:
     """The common MNIST settings of the ClippedGossip paper (batch 32, momentum 0.9, one
     local step per exchange, evaluation once per 30-step epoch), per preset."""
     _check_preset(preset)
@@ -130,7 +131,8 @@ def _mnist(preset: str, steps_cpu: int, steps_full: int, **values: Any) -> dict[
     if preset == "full":
         common.update(dataset="mnist", model="mnist_cnn", rounds=steps_full)
     else:
-        common.update(dataset="mnist-5k", model="small_cnn", rounds=steps_cpu)
+        common.update(dataset="mnist-5k", model="small_cnn", rounds=steps_cpu,
+                      eval_every=cpu_eval_every)
     common.update(values)
     return common
 
@@ -153,7 +155,7 @@ def _optimization_delta(preset: str) -> list[Case]:
         delta_max = delta * 1 / (1 + 3)
         for label, attack, args in DELTA_ATTACKS:
             config = RunConfig(**_mnist(
-                preset, 600, 1500, topology="two_cliques_with_byzantine",
+                preset, 450, 1500, cpu_eval_every=45, topology="two_cliques_with_byzantine",
                 topology_args={"m": 5, "b": 1, "delta": delta}, nodes=12, byzantine=1,
                 partition="label_sorted", rule="clipped_gossip",
                 rule_args=scaled_rule_args("clipped_gossip", {"tau": 1.0}, preset, MNIST_CNN),
@@ -186,7 +188,7 @@ def _honest_majority(preset: str) -> list[Case]:
         for rule_label, rule, rule_args in HM_RULES:
             for attack_label, attack, attack_args in HM_ATTACKS:
                 config = RunConfig(**_mnist(
-                    preset, 300, 900, topology="malicious_ring",
+                    preset, 240, 900, topology="malicious_ring",
                     topology_args={"g": 5, "honest_majority": majority}, nodes=nodes,
                     byzantine=byzantine, partition="iid", rule=rule,
                     rule_args=scaled_rule_args(rule, rule_args, preset, MNIST_CNN),
@@ -209,15 +211,12 @@ PARTITIONS = (("IID", "iid"), ("non-IID", "clique"))
 
 
 def _dumbbell_config(preset: str, rule: str, rule_args: Mapping[str, Any], partition: str,
-                     r: int = 0) -> RunConfig:
-    values = _mnist(
-        preset, 900, 900, topology="dumbbell", topology_args={"q": 10, "qb": 0, "r": r},
-        nodes=20, byzantine=0, partition=partition, rule=rule,
-        rule_args=scaled_rule_args(rule, rule_args, preset, MNIST_CNN), attack="none",
-        attack_args={}, lr=0.01)
-    if preset == "cpu":
-        values["eval_every"] = 3 * MNIST_EPOCH
-    return RunConfig(**values)
+                     r: int = 0, steps_cpu: int = 600) -> RunConfig:
+    return RunConfig(**_mnist(
+        preset, steps_cpu, 900, cpu_eval_every=steps_cpu // 10, topology="dumbbell",
+        topology_args={"q": 10, "qb": 0, "r": r}, nodes=20, byzantine=0, partition=partition,
+        rule=rule, rule_args=scaled_rule_args(rule, rule_args, preset, MNIST_CNN),
+        attack="none", attack_args={}, lr=0.01))
 
 
 def _dumbbell(preset: str) -> list[Case]:
@@ -241,7 +240,7 @@ def _dumbbell_improvement(preset: str) -> list[Case]:
             name, rule_args = rule, dict(args)
             if bucketing:  # bucketing s = 2 around the rule
                 name, rule_args = "bucketing", {"s": 2, "inner": {"name": rule, **args}}
-            config = _dumbbell_config(preset, name, rule_args, "clique", r=r)
+            config = _dumbbell_config(preset, name, rule_args, "clique", r=r, steps_cpu=450)
             cases.append(Case(f"{rule_label}-{setting.replace(' + ', '+').replace(' ', '_')}",
                               config, {"rule": rule_label, "setting": setting}))
     return cases
@@ -258,11 +257,13 @@ def _dumbbell_cifar(preset: str) -> list[Case]:
     _check_preset(preset)
     data: dict[str, Any]
     if preset == "full":
-        epoch, epochs = CIFAR_EPOCH, 150
+        steps, evaluate = CIFAR_EPOCH * 150, CIFAR_EPOCH
         data = {"dataset": "cifar10", "model": "vgg11_no_bn", "augment": "crop_flip"}
-    else:  # MNIST-5k: 4,000 training images over 20 nodes at batch 64 is 4 steps/epoch
-        epoch, epochs = 4, 150
+    else:  # crop+flip is an augmentation for CIFAR images (mirrored digits change meaning)
+        steps, evaluate = 400, 40
         data = {"dataset": "mnist-5k", "model": "small_cnn", "augment": "none"}
+    # lr x0.1 at epochs 80 and 120 of 150: the same fractions of the run in both presets
+    milestones = (steps * 80 // 150, steps * 120 // 150)
     cases = []
     for part_label, partition in PARTITIONS:
         for rule_label, rule, args in CIFAR_RULES:
@@ -271,8 +272,8 @@ def _dumbbell_cifar(preset: str) -> list[Case]:
                 byzantine=0, partition=partition, rule=rule,
                 rule_args=scaled_rule_args(rule, args, preset, ("vgg11_no_bn", "cifar10")),
                 attack="none", attack_args={}, batch_size=64, momentum=0.9, local_steps=1,
-                lr=0.1, lr_milestones=(80 * epoch, 120 * epoch), lr_gamma=0.1,
-                rounds=epochs * epoch, eval_every=epoch * (1 if preset == "full" else 5),
+                lr=0.1, lr_milestones=milestones, lr_gamma=0.1, rounds=steps,
+                eval_every=evaluate,
                 ledger=False, seed=0, **data)
             cases.append(Case(f"{part_label}-{rule_label}", config,
                               {"rule": rule_label, "setting": part_label}))
@@ -308,7 +309,7 @@ def _balance_grid(preset: str) -> list[Case]:
     if preset == "full":
         data = {"dataset": "mnist", "model": "mnist_cnn", "rounds": 1000, "eval_every": 50}
     else:
-        data = {"dataset": "mnist-5k", "model": "small_cnn", "rounds": 150, "eval_every": 30}
+        data = {"dataset": "mnist-5k", "model": "small_cnn", "rounds": 60, "eval_every": 20}
     cases = []
     for rule_label, rule, args in GRID_RULES:
         for attack_label, attack, attack_args in GRID_ATTACKS:
