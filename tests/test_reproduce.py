@@ -201,3 +201,64 @@ def test_grid_matrix_reads_worst_honest_error() -> None:
                                                   {"round": 5, "accuracy_min": 0.75}])])
     assert rules == ["BALANCE"] and attacks == ["ALIE"]
     assert values[0][0] == pytest.approx(25.0)
+
+
+# ------------------------------------------------------------------ findings checkers
+def fake_results(experiment: str, value_of: dict[str, float], key: str | None = None
+                 ) -> list[tuple[object, list[dict[str, float]]]]:
+    """Catalog cases of ``experiment`` whose final metric is ``value_of[case key]``."""
+    metric = key or get_experiment(experiment).metric
+    return [(c, [{"round": 0, metric: 0.1}, {"round": 9, metric: value_of[c.key]}])
+            for c in experiment_cases(experiment, "cpu") if c.key in value_of]
+
+
+def test_findings_of_optimization_delta_need_a_monotone_fall() -> None:
+    from flwr_tempered.experiments.reproduce.findings import check
+
+    falling = {"delta0-dissensus1.5": 0.8, "delta0.0625-dissensus1.5": 0.7,
+               "delta0.125-dissensus1.5": 0.71, "delta0.1875-dissensus1.5": 0.4,
+               "delta0.25-dissensus1.5": 0.2, "delta0.25-IPM": 0.9}
+    assert check("optimization_delta", fake_results("optimization_delta", falling))[0].holds
+    bumpy = {**falling, "delta0.1875-dissensus1.5": 0.75}
+    finding = check("optimization_delta", fake_results("optimization_delta", bumpy))[0]
+    assert not finding.holds and "0.1875 75.0" in finding.detail
+    flat = {k: 0.5 for k in falling}
+    assert not check("optimization_delta", fake_results("optimization_delta", flat))[0].holds
+
+
+def test_findings_of_honest_majority_and_dumbbells() -> None:
+    from flwr_tempered.experiments.reproduce.findings import check
+
+    cells = {c.key: 0.9 if c.labels["rule"] == "ClippedGossip" else 0.5
+             for c in experiment_cases("honest_majority", "cpu")}
+    cells.update({"hm0-TM-ALIE10": 0.1, "hm0-RFA-ALIE10": 0.12})
+    good = check("honest_majority", fake_results("honest_majority", cells))
+    assert [f.holds for f in good] == [True, True]
+    cells["hm1-ClippedGossip-IPM"] = 0.79
+    cells["hm0-RFA-ALIE10"] = 0.5
+    bad = check("honest_majority", fake_results("honest_majority", cells))
+    assert [f.holds for f in bad] == [False, False]
+    dumbbell = {"non-IID-gossip": 0.69, "non-IID-ClippedGossip": 0.71, "non-IID-TM": 0.51,
+                "non-IID-RFA": 0.5, "non-IID-MOZI": 0.55, "IID-gossip": 0.95,
+                "IID-ClippedGossip": 0.96, "IID-TM": 0.95, "IID-RFA": 0.95, "IID-MOZI": 0.94}
+    assert [f.holds for f in check("dumbbell", fake_results("dumbbell", dumbbell))] == [
+        True, True]
+    dumbbell.update({"non-IID-MOZI": 0.6, "IID-MOZI": 0.9})
+    assert [f.holds for f in check("dumbbell", fake_results("dumbbell", dumbbell))] == [
+        False, False]
+    tm = {"TM-base": 0.5, "TM-bucketing+edge": 0.7}
+    assert check("dumbbell_improvement", fake_results("dumbbell_improvement", tm))[0].holds
+    tm["TM-bucketing+edge"] = 0.5
+    assert not check("dumbbell_improvement",
+                     fake_results("dumbbell_improvement", tm))[0].holds
+
+
+def test_findings_of_the_balance_grid_name_the_attack_beyond_tolerance() -> None:
+    from flwr_tempered.experiments.reproduce.findings import check
+
+    worst = {c.key: 0.9 for c in experiment_cases("balance_grid", "cpu")
+             if c.labels["rule"] == "BALANCE"}
+    assert check("balance_grid", fake_results("balance_grid", worst))[0].holds
+    worst["BALANCE-IPM"] = 0.8
+    finding = check("balance_grid", fake_results("balance_grid", worst))[0]
+    assert not finding.holds and "beyond: IPM" in finding.detail

@@ -63,12 +63,17 @@ def _menu() -> tuple[str, str] | None:
 
 def _show(experiment: str, preset: str, root: str) -> None:
     from .figures import grid_table, markdown_table, plot_experiment, summary_rows
+    from .findings import check
+    from .runner import load_results
 
     path = plot_experiment(experiment, preset, root)
     print(markdown_table(summary_rows(experiment, preset, root)))
     if experiment == "balance_grid":
         print("\nworst honest node test error (%), rule x attack:")
         print(grid_table(root, preset))
+    print("\nfindings of the papers, on these results:")
+    for finding in check(experiment, load_results(experiment, preset, root)):
+        print(f"  {finding}")
     print(f"\nfigure: {path}")
 
 
