@@ -854,61 +854,22 @@ def test_centered_clipping_state_survives_a_float_round_trip_and_dtype_change() 
 
 
 # ------------------------------------------------------- 8. scalar consensus experiment
-def metropolis_weights(n: int, edges: list[tuple[int, int]]) -> list[list[float]]:
-    degree = [0] * n
-    for a, b in edges:
-        degree[a] += 1
-        degree[b] += 1
-    w = [[0.0] * n for _ in range(n)]
-    for a, b in edges:
-        w[a][b] = w[b][a] = 1.0 / (1 + max(degree[a], degree[b]))
-    for i in range(n):
-        w[i][i] = 1.0 - sum(w[i][j] for j in range(n) if j != i)
-    return w
-
-
 def run_consensus(byzantine_on: tuple[int, int], aggregate: str, rounds: int = 100,
                   eps: float = 0.05) -> float:
     """Honest chain 0-1-2-3 with values 0, 0, 200, 200; Byzantine node 4 attached to
     honest node ``byzantine_on[0]``, node 5 to ``byzantine_on[1]``; Metropolis weights over
-    all six nodes. Every round each Byzantine neighbour of honest node t sends the dissensus
-    vector ``x_t - eps * sum_{honest j} W_tj (x_j - x_t) / sum_{Byzantine k} W_tk`` and
-    every honest node aggregates synchronously. Returns the mean squared distance of the
-    honest values to the initial honest average 100."""
-    honest = [0, 1, 2, 3]
-    edges = [(0, 1), (1, 2), (2, 3), (byzantine_on[0], 4), (byzantine_on[1], 5)]
-    w = metropolis_weights(6, edges)
-    x = [0.0, 0.0, 200.0, 200.0]
-    average = sum(x) / 4
-    for _ in range(rounds):
-        new = []
-        for i in honest:
-            neighbours = [j for j in range(6) if j != i and w[i][j] > 0]
-            honest_nb = [j for j in neighbours if j in honest]
-            delta = sum(w[i][j] for j in neighbours if j not in honest)
-            pull = sum(w[i][j] * (x[j] - x[i]) for j in honest_nb)
-            values = [x[j] if j in honest else x[i] - eps * pull / delta for j in neighbours]
-            own = torch.tensor([x[i]], dtype=torch.float64)
-            received = torch.tensor(values, dtype=torch.float64).unsqueeze(1)
-            weights = torch.tensor([w[i][i]] + [w[i][j] for j in neighbours],
-                                   dtype=torch.float64)
-            if aggregate == "clipped_gossip_oracle":
-                spread = sum(w[i][j] * (x[j] - x[i]) ** 2 for j in honest_nb)
-                tau = 1e12 if delta == 0 else math.sqrt(spread / delta)
-                # tau = 0 (honest neighbours agree with x_i) means "do not move"; the rule
-                # needs tau > 0, and a tiny tau has the same effect.
-                rule = get_rule("clipped_gossip", tau=max(tau, 1e-300))
-                result = rule(own, received, weights)
-            elif aggregate == "trimmed_mean":
-                # b = 1 wherever it is valid (n >= 3); a chain end with a single neighbour
-                # has n = 2 and runs b = 0 (the notebook sets b = its Byzantine count, 0).
-                b = 1 if len(neighbours) >= 2 else 0
-                result = get_rule("trimmed_mean", b=b)(own, received)
-            else:
-                result = get_rule(aggregate)(own, received, weights)
-            new.append(float(result[0]))
-        x = new
-    return sum((v - average) ** 2 for v in x) / 4
+    all six nodes; dissensus every round (the library's scalar consensus loop of the
+    reproduction menu). Returns the final mean squared distance of the honest values to
+    the initial honest average 100."""
+    import networkx as nx
+
+    from flwr_tempered.experiments.reproduce.consensus import scalar_consensus
+    from flwr_tempered.topology.base import metropolis_weights
+
+    graph = nx.Graph([(0, 1), (1, 2), (2, 3), (byzantine_on[0], 4), (byzantine_on[1], 5)])
+    mixing = metropolis_weights(graph)
+    return scalar_consensus(mixing, (4, 5), (0.0, 0.0, 200.0, 200.0), aggregate, rounds,
+                            eps)[-1]
 
 
 @pytest.mark.parametrize(
@@ -919,14 +880,13 @@ def test_scalar_consensus_under_dissensus_attack(byzantine_on: tuple[int, int]) 
 
     Setup choice: the paper's notebook attaches one Byzantine node to each of the two
     middle honest nodes (``paper_middle_nodes``); we also run one Byzantine node on each
-    chain end (``chain_ends``), where every honest node has two neighbours so the trimmed
-    mean can use b = 1 everywhere. With Byzantine nodes on the middle nodes, the chain ends
-    have a single neighbour, n = 2, and trimmed mean b = 1 is invalid there (2b >= n); they
-    run b = 0 as in the notebook (b = the node's Byzantine-neighbour count). Weights are
-    Metropolis over the whole 6-node graph (the notebook uses a hand-tuned chain instead).
+    chain end (``chain_ends``). Trimmed mean drops, at each node, as many values per side
+    as the node has Byzantine neighbours (the notebook's choice, b = 0 where there are
+    none). Weights are Metropolis over the whole 6-node graph (the notebook uses a
+    hand-tuned chain; the reproduction menu's grid varies the chain's weights).
 
-    Median and trimmed mean never move (each node's median is its own side's value: the
-    0-side and the 200-side never meet), so the error stays at 1e4. ClippedGossip with the
+    Median and trimmed mean never close the gap (each node's median is its own side's
+    value: the 0-side and the 200-side never meet), so the error stays above 1e3. ClippedGossip with the
     oracle radius sees the eps = 0.05 dissensus vectors inside its radius; the attack only
     damps the honest pull to 95 %, and by symmetry the honest average stays at 100, so the
     error goes to ~0. Plain gossip is shown for comparison.

@@ -147,8 +147,9 @@ def consensus(results: Results) -> list[Finding]:
             finals.setdefault(case.labels["rule"], {})[case.labels["setting"]] = value
     stuck = [v for rule in ("median", "trimmed_mean") for v in finals.get(rule, {}).values()]
     oracle = finals.get("clipped_gossip_oracle", {})
+    strongest = max((s.honest_weight for s in oracle), default=None)
+    best = {s.delta_max: v for s, v in oracle.items() if s.honest_weight == strongest}
     best_beta = max((s.beta for s in oracle), default=None)
-    best = {s.delta_max: v for s, v in oracle.items() if s.beta == best_beta}
     return [
         Finding("median and trimmed mean stay at error 1e4 on every chain",
                 bool(stuck) and all(abs(v - 1e4) < 1.0 for v in stuck),

@@ -40,21 +40,28 @@ def experiment_folder(root: str | Path, experiment: str, preset: str) -> Path:
     return Path(root) / experiment / preset
 
 
-def experiment_cases(experiment: str, preset: str, rounds: int | None = None) -> list[Case]:
+def experiment_cases(experiment: str, preset: str, rounds: int | None = None,
+                     eval_every: int | None = None) -> list[Case]:
     """The runs of ``experiment`` under ``preset`` (consensus: one per chain and rule);
-    ``rounds`` shortens (or lengthens) every run, for a quick look or a test."""
-    if rounds is not None and rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds!r}")
+    ``rounds`` shortens (or lengthens) every run, for a quick look or a test, and
+    ``eval_every`` changes how often it evaluates."""
+    for name, value in (("rounds", rounds), ("eval_every", eval_every)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
     if experiment == "consensus":
         return [Case(f"a{s.honest_weight:g}-d{s.delta_max:g}-{rule}", RunConfig(ledger=False),
                      {"rule": rule, "setting": s, "beta": s.beta, "delta_max": s.delta_max})
                 for s in consensus_settings(rounds or 100) for rule in CONSENSUS_RULES]
     cases = get_experiment(experiment).cases(preset)
-    if rounds is None:
+    if rounds is None and eval_every is None:
         return cases
-    return [replace(c, config=replace(c.config, rounds=rounds,
-                                      eval_every=min(c.config.eval_every, rounds)))
-            for c in cases]
+    shortened = []
+    for case in cases:
+        steps = rounds or case.config.rounds
+        every = min(eval_every or case.config.eval_every, steps)
+        shortened.append(replace(case, config=replace(case.config, rounds=steps,
+                                                      eval_every=every)))
+    return shortened
 
 
 def _fingerprint(case: Case) -> dict[str, Any]:
@@ -117,13 +124,14 @@ def _case_worker(case: Case, folder: str, engine: str) -> float:
 
 def run_experiment(experiment: str, preset: str = "cpu", root: str | Path = DEFAULT_ROOT, *,
                    engine: str = "inprocess", jobs: int = 1, only: Sequence[str] = (),
-                   rounds: int | None = None, echo: Printer = _stderr,
+                   rounds: int | None = None, eval_every: int | None = None,
+                   echo: Printer = _stderr,
                    round_progress: bool = True) -> Path:
     """Run every unfinished case of ``experiment`` under ``preset``; return its folder.
 
     ``only`` restricts the sweep to cases whose key contains one of the given strings;
-    ``rounds`` overrides every run's number of steps (a run of another length is another
-    run: it does not count as done).
+    ``rounds`` and ``eval_every`` override every run's number of steps and evaluation
+    interval (a run of another length is another run: it does not count as done).
     ``jobs > 1`` runs that many cases at a time in worker processes (one torch thread
     each); the Flower engine always runs one case at a time (Ray uses every core).
     """
@@ -131,7 +139,7 @@ def run_experiment(experiment: str, preset: str = "cpu", root: str | Path = DEFA
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs!r}")
-    cases = experiment_cases(experiment, preset, rounds)
+    cases = experiment_cases(experiment, preset, rounds, eval_every)
     if only:
         cases = [c for c in cases if any(part in c.key for part in only)]
         if not cases:
