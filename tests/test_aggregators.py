@@ -886,10 +886,10 @@ def test_scalar_consensus_under_dissensus_attack(byzantine_on: tuple[int, int]) 
     hand-tuned chain; the reproduction menu's grid varies the chain's weights).
 
     Median and trimmed mean never close the gap (each node's median is its own side's
-    value: the 0-side and the 200-side never meet), so the error stays above 1e3. ClippedGossip with the
-    oracle radius sees the eps = 0.05 dissensus vectors inside its radius; the attack only
-    damps the honest pull to 95 %, and by symmetry the honest average stays at 100, so the
-    error goes to ~0. Plain gossip is shown for comparison.
+    value: the 0-side and the 200-side never meet), so the error stays above 1e3.
+    ClippedGossip with the oracle radius sees the eps = 0.05 dissensus vectors inside its
+    radius; the attack only damps the honest pull to 95 %, and by symmetry the honest
+    average stays at 100, so the error goes to ~0. Plain gossip is shown for comparison.
     """
     assert run_consensus(byzantine_on, "median") > 1e3
     assert run_consensus(byzantine_on, "median") == pytest.approx(1e4)

@@ -262,3 +262,34 @@ def test_findings_of_the_balance_grid_name_the_attack_beyond_tolerance() -> None
     worst["BALANCE-IPM"] = 0.8
     finding = check("balance_grid", fake_results("balance_grid", worst))[0]
     assert not finding.holds and "beyond: IPM" in finding.detail
+
+
+def test_parallel_jobs_write_the_same_results(tmp_path: Path) -> None:
+    one = run_experiment("consensus", root=tmp_path / "one", echo=lambda _: None)
+    two = run_experiment("consensus", root=tmp_path / "two", jobs=2, echo=lambda _: None)
+    for folder in sorted(one.glob(f"*/{DONE_FILE}")):
+        name = folder.parent.name
+        assert (one / name / "metrics.jsonl").read_text() == (
+            two / name / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="jobs"):
+        run_experiment("consensus", root=tmp_path, jobs=0)
+    with pytest.raises(ValueError, match="engine"):
+        run_experiment("consensus", root=tmp_path, engine="ray")
+
+
+@pytest.mark.slow
+def test_flower_engine_gives_the_in_process_metrics(tmp_path: Path) -> None:
+    """A reproduction run through Flower's simulation engine instead of in-process."""
+    from test_inprocess import assert_same_metrics
+
+    for engine in ("inprocess", "flower"):
+        run_experiment("optimization_delta", root=tmp_path / engine, engine=engine, rounds=2,
+                       eval_every=1, only=["delta0.25-ALIE10"], echo=lambda _: None,
+                       round_progress=False)
+    (_, local), = load_results("optimization_delta", root=tmp_path / "inprocess")
+    (_, flower), = load_results("optimization_delta", root=tmp_path / "flower")
+    assert [m["round"] for m in flower] == [0, 1, 2]
+    assert_same_metrics(local, flower)
+    done = json.loads((tmp_path / "flower" / "optimization_delta" / "cpu" /
+                       "delta0.25-ALIE10" / DONE_FILE).read_text())
+    assert done["engine"] == "flower" and done["seconds"] > 0
