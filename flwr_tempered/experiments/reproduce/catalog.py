@@ -155,7 +155,7 @@ def _optimization_delta(preset: str) -> list[Case]:
         delta_max = delta * 1 / (1 + 3)
         for label, attack, args in DELTA_ATTACKS:
             config = RunConfig(**_mnist(
-                preset, 450, 1500, cpu_eval_every=45, topology="two_cliques_with_byzantine",
+                preset, 900, 1500, cpu_eval_every=90, topology="two_cliques_with_byzantine",
                 topology_args={"m": 5, "b": 1, "delta": delta}, nodes=12, byzantine=1,
                 partition="label_sorted", rule="clipped_gossip",
                 rule_args=scaled_rule_args("clipped_gossip", {"tau": 1.0}, preset, MNIST_CNN),
