@@ -38,6 +38,18 @@ EXPECTED_RUNS = {"optimization_delta": 25, "honest_majority": 24, "dumbbell": 10
                  "dumbbell_improvement": 12, "dumbbell_cifar": 10, "balance_grid": 63}
 
 
+def assert_tau_scaled(small: dict, published: dict, model: str) -> None:
+    """cpu tau = published tau * sqrt(d_small_cnn / d_published), nothing else differs."""
+    if "inner" in small:
+        assert {k: v for k, v in small.items() if k != "inner"} == {
+            k: v for k, v in published.items() if k != "inner"}
+        small, published = small["inner"], published["inner"]
+    assert {k for k in small if small[k] != published[k]} == {"tau"}
+    d_published = {"mnist_cnn": 1_199_882, "vgg11_no_bn": 9_225_610}[model]
+    assert small["tau"] == pytest.approx(published["tau"] * (28_874 / d_published) ** 0.5,
+                                         rel=1e-3)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_RUNS))
 def test_cpu_preset_keeps_everything_but_data_model_and_steps(name: str) -> None:
     cpu = experiment_cases(name, "cpu")
@@ -48,7 +60,9 @@ def test_cpu_preset_keeps_everything_but_data_model_and_steps(name: str) -> None
         assert small.key == published.key and small.labels == published.labels
         a, b = small.config.to_dict(), published.config.to_dict()
         differing = {k for k in a if a[k] != b[k]}
-        assert differing <= DATA_MODEL_STEPS, (small.key, differing)
+        assert differing <= DATA_MODEL_STEPS | {"rule_args"}, (small.key, differing)
+        if "rule_args" in differing:  # only ClippedGossip's radius, scaled with the model
+            assert_tau_scaled(a["rule_args"], b["rule_args"], published.config.model)
         assert small.config.dataset == "mnist-5k" and small.config.model == "small_cnn"
         assert small.config.local_steps == 1 and not small.config.ledger
         _check_buildable(small.config)
