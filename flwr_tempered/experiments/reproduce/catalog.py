@@ -309,7 +309,7 @@ def _balance_grid(preset: str) -> list[Case]:
     if preset == "full":
         data = {"dataset": "mnist", "model": "mnist_cnn", "rounds": 1000, "eval_every": 50}
     else:
-        data = {"dataset": "mnist-5k", "model": "small_cnn", "rounds": 60, "eval_every": 20}
+        data = {"dataset": "mnist-5k", "model": "small_cnn", "rounds": 100, "eval_every": 25}
     cases = []
     for rule_label, rule, args in GRID_RULES:
         for attack_label, attack, attack_args in GRID_ATTACKS:
