@@ -286,7 +286,10 @@ GRID_RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("median", "median", {}),
     ("TM", "trimmed_mean", {"b": 2}),
     ("Krum", "krum", {"f": 2}),
-    ("ClippedGossip", "clipped_gossip", {}),
+    # adaptive radius; the farthest neighbours carrying 0.3 of the mixing weight are
+    # presumed Byzantine (the default presumes one neighbour, too few at 20 % Byzantine)
+    ("ClippedGossip", "clipped_gossip", {"delta": 0.3}),
+    # UBAR's rho: the fraction of neighbours presumed honest
     ("MOZI", "mozi", {"rho": 0.8, "alpha": 0.5}),
     ("BALANCE", "balance", {}),
 )
