@@ -20,13 +20,17 @@ One step of the papers is one local SGD step followed by one exchange: a run has
 run, as evaluating every node is a third of their cost).
 
 ClippedGossip's radius ``tau`` is a Euclidean length in parameter space, so it belongs to
-the model: the same ``tau`` is a much wider radius for a 28,874-parameter CNN than for the
-published 1.2M-parameter one. The cpu presets scale it by ``sqrt(d_cpu / d_published)``
-(per-coordinate steps of similar size give norms that grow as the square root of the
-dimension): 1 -> 0.155 and 0.1 -> 0.0155 against the MNIST CNN, 10 -> 0.559 against
-VGG-11. With the unscaled ``tau = 0.1`` the small CNN never leaves chance under ALIE in
-honest_majority (measured: 10 % after 300 steps), because the clipped Byzantine pushes
-accumulate faster than training moves the small model.
+the model. Under attack it bounds the Byzantine push per round, which must stay below what
+training moves the model: the cpu presets of the attacked experiments (optimization_delta,
+honest_majority) scale it by ``sqrt(d_cpu / d_published)`` (per-coordinate steps of
+similar size give norms that grow as the square root of the dimension): 1 -> 0.155 and
+0.1 -> 0.0155 against the MNIST CNN. With the unscaled ``tau = 0.1`` the small CNN never
+leaves chance under ALIE in honest_majority (measured: 10 % after 300 steps). The
+dumbbells have no attacker; there the radius only decides how much of the difference
+across the cut passes, and the published ``tau`` is kept (scaled to 0.155, ClippedGossip
+stalled at the cut like trimmed mean: 49.2 % clique-1 accuracy at 600 steps, non-IID).
+The dumbbell's cpu preset keeps all 900 steps: information crosses its cut slowly
+(spectral gap 0.015), and at 600 steps gossip led trimmed mean by 7 points, not yet 10.
 """
 
 from __future__ import annotations
@@ -211,12 +215,11 @@ PARTITIONS = (("IID", "iid"), ("non-IID", "clique"))
 
 
 def _dumbbell_config(preset: str, rule: str, rule_args: Mapping[str, Any], partition: str,
-                     r: int = 0, steps_cpu: int = 600) -> RunConfig:
+                     r: int = 0, steps_cpu: int = 900) -> RunConfig:
     return RunConfig(**_mnist(
         preset, steps_cpu, 900, cpu_eval_every=steps_cpu // 10, topology="dumbbell",
         topology_args={"q": 10, "qb": 0, "r": r}, nodes=20, byzantine=0, partition=partition,
-        rule=rule, rule_args=scaled_rule_args(rule, rule_args, preset, MNIST_CNN),
-        attack="none", attack_args={}, lr=0.01))
+        rule=rule, rule_args=dict(rule_args), attack="none", attack_args={}, lr=0.01))
 
 
 def _dumbbell(preset: str) -> list[Case]:
@@ -270,7 +273,7 @@ def _dumbbell_cifar(preset: str) -> list[Case]:
             config = RunConfig(
                 topology="dumbbell", topology_args={"q": 10, "qb": 0, "r": 0}, nodes=20,
                 byzantine=0, partition=partition, rule=rule,
-                rule_args=scaled_rule_args(rule, args, preset, ("vgg11_no_bn", "cifar10")),
+                rule_args=dict(args),
                 attack="none", attack_args={}, batch_size=64, momentum=0.9, local_steps=1,
                 lr=0.1, lr_milestones=milestones, lr_gamma=0.1, rounds=steps,
                 eval_every=evaluate,
