@@ -92,11 +92,15 @@ def test_dumbbell_cifar_cpu_preset_clipped_gossip_above_trimmed_mean(tmp_path: P
     assert clipped > trimmed + 0.1, (clipped, trimmed)
 
 
-def test_balance_keeps_its_worst_honest_error_under_every_attack(tmp_path: Path) -> None:
-    """BALANCE with no attack and under each of the 8 attacks, 40 of the cpu preset's 60
-    rounds."""
+def test_balance_keeps_its_worst_honest_error_except_under_the_adaptive_attack(
+        tmp_path: Path) -> None:
+    """BALANCE with no attack and under each of the 8 attacks, 50 of the cpu preset's 100
+    rounds: within 5 points of its no-attack worst honest error under 7 attacks; the
+    adaptive attack built against it (vectors just inside its acceptance radius) breaks
+    it, as in the full cpu preset (docs/reproduction.md)."""
     keys = [f"BALANCE-{a}" for a in ("none", "Gaussian", "LF", "ALIE", "IPM", "Fang-trim",
                                      "Fang-Krum", "dissensus", "BALANCE-adaptive")]
-    results = shortened(tmp_path, "balance_grid", 40, keys)
+    results = shortened(tmp_path, "balance_grid", 50, keys)
     finding = balance_grid(results)[0]  # type: ignore[arg-type]
-    assert finding.holds, finding
+    assert not finding.holds
+    assert finding.detail.endswith("beyond: BALANCE-adaptive"), finding
