@@ -13,11 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flwr_tempered.experiments.reproduce.findings import (
-    balance_grid,
-    honest_majority,
-    optimization_delta,
-)
+from flwr_tempered.experiments.reproduce.findings import honest_majority, optimization_delta
 from flwr_tempered.experiments.reproduce.runner import load_results, run_experiment
 
 pytestmark = pytest.mark.slow
@@ -46,27 +42,30 @@ def test_optimization_delta_accuracy_falls_with_delta_max(tmp_path: Path) -> Non
     assert finding.holds, finding
 
 
-def test_honest_majority_clipped_gossip_everywhere_tm_rfa_collapse(tmp_path: Path) -> None:
-    """ClippedGossip in all six cells at 180 of 900 steps; trimmed mean and RFA without
-    local honest majority under ALIE at 60 steps (they never leave chance)."""
-    cells = [f"hm{m}-ClippedGossip-{a}" for m in (0, 1) for a in ("ALIE10", "IPM",
-                                                                   "dissensus1.5")]
+def test_honest_majority_clipped_gossip_without_majority_tm_rfa_collapse(
+        tmp_path: Path) -> None:
+    """ClippedGossip in the three cells without local honest majority (the harder half;
+    all six are checked on the cpu preset) at 180 of 900 steps; trimmed mean and RFA
+    there under ALIE at 60 steps (they never leave chance)."""
+    cells = [f"hm0-ClippedGossip-{a}" for a in ("ALIE10", "IPM", "dissensus1.5")]
     clipped = shortened(tmp_path / "cg", "honest_majority", 180, cells)
     broken = shortened(tmp_path / "tm", "honest_majority", 60,
                        ["hm0-TM-ALIE10", "hm0-RFA-ALIE10"])
-    above, chance = honest_majority(clipped + broken)  # type: ignore[arg-type]
-    assert above.holds, above
+    for _, metrics in clipped:
+        assert metrics[-1]["accuracy_avg_model"] > 0.8, metrics[-1]
+    chance = honest_majority(clipped + broken)[1]  # type: ignore[arg-type]
     assert chance.holds, chance
 
 
 def test_dumbbell_robust_rules_stall_at_the_cut(tmp_path: Path) -> None:
-    """Non-IID at 300 of 900 steps: gossip's clique-1 model has started to learn clique
+    """Non-IID at 400 of 900 steps: gossip's clique-1 model has started to learn clique
     2's labels, trimmed mean's stays at clique 1's five labels (under 50 %). The paper's
-    10-point margin needs the full length: see docs/reproduction.md."""
-    results = shortened(tmp_path, "dumbbell", 300, ["non-IID-gossip", "non-IID-TM"])
+    10-point margin needs the full length (12 points at 900 steps: see
+    docs/reproduction.md)."""
+    results = shortened(tmp_path, "dumbbell", 400, ["non-IID-gossip", "non-IID-TM"])
     gossip = final(results, "non-IID-gossip", "accuracy_avg_model_clique_1")
     trimmed = final(results, "non-IID-TM", "accuracy_avg_model_clique_1")
-    assert gossip > trimmed + 0.015, (gossip, trimmed)
+    assert gossip > trimmed + 0.02, (gossip, trimmed)
     assert trimmed < 0.5
 
 
@@ -94,13 +93,12 @@ def test_dumbbell_cifar_cpu_preset_clipped_gossip_above_trimmed_mean(tmp_path: P
 
 def test_balance_keeps_its_worst_honest_error_except_under_the_adaptive_attack(
         tmp_path: Path) -> None:
-    """BALANCE with no attack and under each of the 8 attacks, 50 of the cpu preset's 100
-    rounds: within 5 points of its no-attack worst honest error under 7 attacks; the
-    adaptive attack built against it (vectors just inside its acceptance radius) breaks
-    it, as in the full cpu preset (docs/reproduction.md)."""
-    keys = [f"BALANCE-{a}" for a in ("none", "Gaussian", "LF", "ALIE", "IPM", "Fang-trim",
-                                     "Fang-Krum", "dissensus", "BALANCE-adaptive")]
-    results = shortened(tmp_path, "balance_grid", 50, keys)
-    finding = balance_grid(results)[0]  # type: ignore[arg-type]
-    assert not finding.holds
-    assert finding.detail.endswith("beyond: BALANCE-adaptive"), finding
+    """The cpu preset's 100 rounds, BALANCE with no attack, under dissensus (which wrecks
+    gossip) and under the adaptive attack built against it (vectors just inside its
+    acceptance radius). The other six attacks are checked on the cpu preset."""
+    keys = ["BALANCE-none", "BALANCE-dissensus", "BALANCE-BALANCE-adaptive"]
+    results = shortened(tmp_path, "balance_grid", 100, keys)
+    error = {key: 1.0 - final(results, key, "accuracy_min") for key in keys}
+    assert error["BALANCE-none"] < 0.2, error
+    assert error["BALANCE-dissensus"] <= error["BALANCE-none"] + 0.05, error
+    assert error["BALANCE-BALANCE-adaptive"] > error["BALANCE-none"] + 0.5, error
