@@ -89,40 +89,21 @@ def _check_preset(preset: str) -> None:
 
 
 @cache
-def parameter_count(model: str, dataset: str) -> int:
-    """Parameters of ``model`` built for ``dataset``'s images (no data is loaded)."""
-    from flwr_tempered.models import build_model
+def _tau_scale() -> float:
+    """``sqrt(d_small_cnn / d_mnist_cnn)``, the cpu presets' factor on ClippedGossip's
+    radius (module docstring)."""
+    from flwr_tempered.models import mnist_cnn, parameter_count, small_cnn
 
-    shapes = {"mnist": (1, 28), "mnist-5k": (1, 28), "cifar10": (3, 32)}
-    channels, size = shapes[dataset]
-    args: dict[str, Any] = {}
-    if model == "small_cnn":
-        args = {"in_channels": channels, "image_size": size}
-    elif model == "vgg11_no_bn":
-        args = {"in_channels": channels}
-    return sum(p.numel() for p in build_model(model, seed=0, **args).parameters())
+    return math.sqrt(parameter_count(small_cnn()) / parameter_count(mnist_cnn()))
 
 
-def scaled_rule_args(rule: str, args: Mapping[str, Any], preset: str,
-                     published: tuple[str, str]) -> dict[str, Any]:
-    """``args`` of ``rule`` for ``preset``: under ``cpu``, ClippedGossip's ``tau`` (also
-    inside bucketing) scaled by ``sqrt(d_small_cnn / d_published)``, where ``published``
-    is the paper's (model, dataset)."""
+def scaled_rule_args(rule: str, args: Mapping[str, Any], preset: str) -> dict[str, Any]:
+    """``args`` of ``rule`` for ``preset``: under ``cpu``, ClippedGossip's ``tau`` scaled
+    from the published MNIST CNN to the small CNN."""
     scaled = dict(args)
-    if preset != "cpu":
-        return scaled
-    if rule == "bucketing" and isinstance(scaled.get("inner"), Mapping):
-        inner = dict(scaled["inner"])
-        scaled["inner"] = {"name": inner["name"], **scaled_rule_args(
-            str(inner["name"]), {k: v for k, v in inner.items() if k != "name"}, preset,
-            published)}
-    if rule == "clipped_gossip" and scaled.get("tau") is not None:
-        ratio = parameter_count("small_cnn", "mnist-5k") / parameter_count(*published)
-        scaled["tau"] = round(float(scaled["tau"]) * math.sqrt(ratio), 4)
+    if preset == "cpu" and rule == "clipped_gossip" and scaled.get("tau") is not None:
+        scaled["tau"] = round(float(scaled["tau"]) * _tau_scale(), 4)
     return scaled
-
-
-MNIST_CNN = ("mnist_cnn", "mnist")
 
 
 def _mnist(preset: str, steps_cpu: int, steps_full: int, cpu_eval_every: int = MNIST_EPOCH,
@@ -162,7 +143,7 @@ def _optimization_delta(preset: str) -> list[Case]:
                 preset, 900, 1500, cpu_eval_every=90, topology="two_cliques_with_byzantine",
                 topology_args={"m": 5, "b": 1, "delta": delta}, nodes=12, byzantine=1,
                 partition="label_sorted", rule="clipped_gossip",
-                rule_args=scaled_rule_args("clipped_gossip", {"tau": 1.0}, preset, MNIST_CNN),
+                rule_args=scaled_rule_args("clipped_gossip", {"tau": 1.0}, preset),
                 attack=attack, attack_args=args, lr=1e-3))
             cases.append(Case(f"delta{delta_max:g}-{label}", config,
                               {"rule": "ClippedGossip", "attack": label,
@@ -195,7 +176,7 @@ def _honest_majority(preset: str) -> list[Case]:
                     preset, 240, 900, topology="malicious_ring",
                     topology_args={"g": 5, "honest_majority": majority}, nodes=nodes,
                     byzantine=byzantine, partition="iid", rule=rule,
-                    rule_args=scaled_rule_args(rule, rule_args, preset, MNIST_CNN),
+                    rule_args=scaled_rule_args(rule, rule_args, preset),
                     attack=attack, attack_args=attack_args, lr=0.01))
                 key = f"hm{int(majority)}-{rule_label}-{attack_label}"
                 cases.append(Case(key, config, {"rule": rule_label, "attack": attack_label,
