@@ -41,6 +41,7 @@ class Gossip(Rule):
 
     uses_weights = True
     requires_weights = True
+    server_reference = True
 
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int

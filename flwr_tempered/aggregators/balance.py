@@ -23,6 +23,8 @@ class Balance(Rule):
     """BALANCE with threshold ``gamma``, decay ``kappa``, self weight ``alpha`` and the
     run's ``total_rounds`` ``T`` (round ``t`` is the call's ``round`` argument)."""
 
+    server_reference = True
+
     def __init__(
         self, total_rounds: int, gamma: float = 0.3, kappa: float = 1.0, alpha: float = 0.5
     ) -> None:

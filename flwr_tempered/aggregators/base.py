@@ -23,6 +23,14 @@ rejected, the rule returns a copy of ``own``; when the Krum family is left with 
 three inputs (too few to score), it also returns ``own``. Wrappers (bucketing) lower the
 inner rule's budget by the number of buckets lost, which never exceeds the rows rejected.
 A non-finite ``own`` is the caller's bug and raises ``ValueError``.
+
+Server-side use
+---------------
+:meth:`Rule.aggregate_clients` aggregates the clients' models for a central server. The
+clients' models are the only inputs of the rule's statistics; the current global model is
+the *reference point* of the rules that have one (``server_reference = True``: clipping
+centres, BALANCE's acceptance radius, FLTrust's trusted update) and is otherwise unused.
+Non-finite client models are rejected there as above.
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ class Rule(ABC):
     uses_weights: ClassVar[bool] = False
     #: Whether the rule refuses to run without explicit ``weights``.
     requires_weights: ClassVar[bool] = False
+    #: Server-side: whether the global model is the rule's reference point (``own``) rather
+    #: than unused (the statistics run over the clients' models only).
+    server_reference: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.stats: dict[str, float] = {}
@@ -100,6 +111,81 @@ class Rule(ABC):
             return own.clone()
         result = self._aggregate(own, received, weights, round=round, rejected=rejected + refused)
         return result.to(device=own.device, dtype=own.dtype)
+
+    def aggregate_clients(
+        self,
+        reference: Tensor,
+        updates: Tensor,
+        weights: Tensor | None = None,
+        *,
+        round: int = 0,
+        refused: int = 0,
+    ) -> Tensor:
+        """Server-side aggregation: the new global model from the clients' models.
+
+        ``reference`` is the current global model ``Tensor[d]``, ``updates`` the clients'
+        models ``Tensor[k, d]`` and ``weights`` optional per-client weights ``Tensor[k]``
+        (e.g. their example counts; only rules that read weights use them, normalised over
+        the clients that survive the non-finite filter). ``refused`` counts clients the
+        caller already dropped as malformed: they lower the rule's Byzantine budget like
+        non-finite rows. See the module docstring for the role of ``reference``.
+        """
+        reference, updates, _ = _validate_inputs(
+            reference, updates, None, rule_name=self.name, requires_weights=False
+        )
+        client_weights = _client_weights(self.name, weights, updates)
+        if isinstance(refused, bool) or not isinstance(refused, int) or refused < 0:
+            raise ValueError(f"{self.name}: refused must be an integer >= 0, got {refused!r}")
+        finite = finite_rows(updates)
+        rejected = int(updates.shape[0] - int(finite.sum()))
+        if rejected:
+            updates = updates[finite]
+            if client_weights is not None:
+                client_weights = client_weights[finite]
+        if client_weights is not None:
+            total = client_weights.sum()
+            client_weights = (
+                client_weights / total if float(total) > 0.0
+                else torch.full_like(client_weights, 1.0 / max(len(client_weights), 1))
+            )
+        return self._aggregate_clients(
+            reference, updates, client_weights, round=round, refused=refused + rejected
+        )
+
+    def _aggregate_clients(
+        self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
+        refused: int,
+    ) -> Tensor:
+        """:meth:`aggregate_clients` on finite ``updates`` and normalised ``weights``.
+
+        By default a reference-point rule gets the global model as ``own`` with zero mixing
+        weight, and any other rule gets the first client's model as ``own`` and the rest as
+        ``received``, so its statistics span exactly the clients. Wrappers override this.
+        """
+        k = updates.shape[0]
+        if self.server_reference:
+            self.check_input_count(k + refused)
+            if k == 0:
+                self.stats = {"received": 0.0, "rejected_nonfinite": float(refused)}
+                return reference.clone()
+            full = None
+            if self.uses_weights:
+                per_client = (weights if weights is not None
+                              else torch.full((k,), 1.0 / k, dtype=reference.dtype,
+                                              device=reference.device))
+                full = torch.cat([per_client.new_zeros(1), per_client])
+            return self(reference, updates, full, round=round, refused=refused)
+        self.check_input_count(k - 1 + refused)
+        if k == 0:
+            self.stats = {"received": 0.0, "rejected_nonfinite": float(refused)}
+            return reference.clone()
+        if k == 1:
+            self.stats = {"received": 1.0, "rejected_nonfinite": float(refused)}
+            return updates[0].clone()
+        result = self(updates[0], updates[1:], weights if self.uses_weights else None,
+                      round=round, refused=refused)
+        self.stats["received"] = float(k)
+        return result
 
     def check_input_count(self, k: int) -> None:
         """Raise ``ValueError`` if the rule cannot run on ``k`` received vectors.
@@ -200,6 +286,24 @@ def _validate_inputs(
     if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise ValueError(f"{rule_name}: weights must sum to 1, got sum {total:.6g}")
     return own, received, weights
+
+
+def _client_weights(rule_name: str, weights: Tensor | None, updates: Tensor) -> Tensor | None:
+    """Per-client weights as a checked ``Tensor[k]`` in the updates' dtype, or ``None``."""
+    if weights is None:
+        return None
+    weights = torch.as_tensor(weights).to(device=updates.device, dtype=updates.dtype)
+    k = updates.shape[0]
+    if weights.shape != (k,):
+        raise ValueError(
+            f"{rule_name}: client weights must have shape (k,) = ({k},), "
+            f"got {tuple(weights.shape)}"
+        )
+    if not torch.isfinite(weights).all() or bool((weights < 0).any()):
+        raise ValueError(
+            f"{rule_name}: client weights must be finite and non-negative, got {weights.tolist()}"
+        )
+    return weights
 
 
 def finite_rows(matrix: Tensor) -> Tensor:

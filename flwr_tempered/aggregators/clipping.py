@@ -87,6 +87,28 @@ class CenteredClipping(Rule):
         self.stats.update(clipped=float(clipped_any.sum()))
         return centre
 
+    def _aggregate_clients(
+        self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
+        refused: int,
+    ) -> Tensor:
+        """Server-side centered clipping (Karimireddy et al., 2021): starting from the global
+        model, ``v <- v + mean_i clip(x_i - v, tau)`` over the clients only."""
+        self.check_input_count(updates.shape[0] + refused)
+        k = updates.shape[0]
+        self.stats = {"received": float(k), "rejected_nonfinite": float(refused)}
+        centre = reference.clone()
+        if k == 0:
+            return centre
+        uniform = torch.full((k,), 1.0 / k, dtype=reference.dtype, device=reference.device)
+        clipped_any = torch.zeros(k, dtype=torch.bool, device=reference.device)
+        for _ in range(self.iterations):
+            step, was_clipped = clipped_step(centre, updates, uniform, self.tau)
+            centre = centre + step
+            clipped_any |= was_clipped
+        self.centre = centre.detach().clone()
+        self.stats.update(clipped=float(clipped_any.sum()))
+        return centre
+
 
 @register_rule("clipped_gossip")
 class ClippedGossip(Rule):
@@ -100,6 +122,7 @@ class ClippedGossip(Rule):
     """
 
     uses_weights = True
+    server_reference = True
 
     def __init__(self, tau: float | None = None, delta: float | None = None) -> None:
         super().__init__()

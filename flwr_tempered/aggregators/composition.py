@@ -32,6 +32,18 @@ def _run_inner(
     return result, {f"inner_{key}": value for key, value in inner.stats.items()}
 
 
+def nearest_neighbor_mix(inputs: Tensor, f: int) -> Tensor:
+    """Every row of ``inputs`` replaced by the mean of its ``n - f`` nearest rows (itself
+    included); ``f`` is clamped to ``[0, n - 1]``."""
+    n = inputs.shape[0]
+    f = min(max(f, 0), n - 1)
+    nearest = pairwise_sq_distances(inputs).topk(n - f, dim=1, largest=False).indices
+    # Row i of ``mixing`` averages input i's n - f nearest inputs: one matrix product.
+    mixing = torch.zeros(n, n, dtype=inputs.dtype, device=inputs.device)
+    mixing.scatter_(1, nearest, 1.0 / (n - f))
+    return mixing @ inputs
+
+
 @register_rule("nnm")
 class NearestNeighborMixing(Rule):
     """Replace every input (own included) by the average of its ``n - f`` nearest inputs
@@ -63,15 +75,31 @@ class NearestNeighborMixing(Rule):
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
         inputs = stack_with_own(own, received)
-        n = inputs.shape[0]
-        f = min(max(self.f - rejected, 0), n - 1)
-        nearest = pairwise_sq_distances(inputs).topk(n - f, dim=1, largest=False).indices
-        # Row i of ``mixing`` averages input i's n - f nearest inputs: one matrix product.
-        mixing = torch.zeros(n, n, dtype=inputs.dtype, device=inputs.device)
-        mixing.scatter_(1, nearest, 1.0 / (n - f))
-        mixed = mixing @ inputs
+        mixed = nearest_neighbor_mix(inputs, self.f - rejected)
         result, inner_stats = _run_inner(self.inner, mixed[0], mixed[1:], weights, round, rejected)
         self.stats.update(inner_stats)
+        return result
+
+    def _aggregate_clients(
+        self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
+        refused: int,
+    ) -> Tensor:
+        """Server-side NNM: mix the clients' models among themselves, then let the inner
+        rule aggregate the mixed models with the global model as its reference."""
+        if updates.shape[0] <= 1:
+            return super()._aggregate_clients(
+                reference, updates, weights, round=round, refused=refused
+            )
+        self.check_input_count(updates.shape[0] - 1 + refused)
+        mixed = nearest_neighbor_mix(updates, self.f - refused)
+        result = self.inner.aggregate_clients(
+            reference, mixed, weights, round=round, refused=refused
+        )
+        self.stats = {
+            "received": float(updates.shape[0]),
+            "rejected_nonfinite": float(refused),
+            **{f"inner_{key}": value for key, value in self.inner.stats.items()},
+        }
         return result
 
 
@@ -108,14 +136,8 @@ class Bucketing(Rule):
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
         k = received.shape[0]
-        order = torch.randperm(k, generator=self._generator).to(received.device)
-        buckets = math.ceil(k / self.s)
-        membership = torch.empty(k, dtype=torch.long, device=received.device)
-        membership[order] = torch.arange(k, device=received.device) // self.s
-        sums = torch.zeros(buckets, received.shape[1], dtype=own.dtype, device=own.device)
-        sums.index_add_(0, membership, received)
-        counts = torch.bincount(membership, minlength=buckets).to(own.dtype)
-        means = sums / counts.unsqueeze(1)
+        means, membership = self._bucket_means(received)
+        buckets = means.shape[0]
         bucket_weights = None
         if weights is not None:
             grouped = torch.zeros(buckets, dtype=own.dtype, device=own.device)
@@ -125,3 +147,45 @@ class Bucketing(Rule):
         result, inner_stats = _run_inner(self.inner, own, means, bucket_weights, round, lost)
         self.stats.update(buckets=float(buckets), **inner_stats)
         return result
+
+    def _aggregate_clients(
+        self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
+        refused: int,
+    ) -> Tensor:
+        """Server-side bucketing (Karimireddy et al., 2022): shuffle every client's model
+        into buckets of ``s``, then let the inner rule aggregate the bucket means with the
+        global model as its reference."""
+        k = updates.shape[0]
+        self.check_input_count(k + refused)
+        if k == 0:
+            self.stats = {"received": 0.0, "rejected_nonfinite": float(refused)}
+            return reference.clone()
+        means, membership = self._bucket_means(updates)
+        buckets = means.shape[0]
+        bucket_weights = None
+        if weights is not None:
+            bucket_weights = torch.zeros(buckets, dtype=weights.dtype, device=weights.device)
+            bucket_weights.index_add_(0, membership, weights)
+        lost = math.ceil((k + refused) / self.s) - buckets
+        result = self.inner.aggregate_clients(
+            reference, means, bucket_weights, round=round, refused=lost
+        )
+        self.stats = {
+            "received": float(k),
+            "rejected_nonfinite": float(refused),
+            "buckets": float(buckets),
+            **{f"inner_{key}": value for key, value in self.inner.stats.items()},
+        }
+        return result
+
+    def _bucket_means(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """The means of ``rows`` shuffled into buckets of ``s``, and each row's bucket."""
+        k = rows.shape[0]
+        order = torch.randperm(k, generator=self._generator).to(rows.device)
+        buckets = math.ceil(k / self.s)
+        membership = torch.empty(k, dtype=torch.long, device=rows.device)
+        membership[order] = torch.arange(k, device=rows.device) // self.s
+        sums = torch.zeros(buckets, rows.shape[1], dtype=rows.dtype, device=rows.device)
+        sums.index_add_(0, membership, rows)
+        counts = torch.bincount(membership, minlength=buckets).to(rows.dtype)
+        return sums / counts.unsqueeze(1), membership

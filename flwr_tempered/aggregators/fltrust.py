@@ -29,6 +29,8 @@ class FLTrust(Rule):
     root data) or from :meth:`set_reference` before the call.
     """
 
+    server_reference = True
+
     def __init__(self, reference_fn: ReferenceFunction | None = None) -> None:
         super().__init__()
         if reference_fn is not None and not callable(reference_fn):

@@ -89,6 +89,27 @@ class MultiKrum(Rule):
         self.stats.update(accepted=float(m), own_selected=float(bool((chosen == 0).any())))
         return inputs[chosen].mean(dim=0)
 
+    def _aggregate_clients(
+        self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
+        refused: int,
+    ) -> Tensor:
+        """Server-side Multi-Krum over the clients' models; the ``m`` selected models are
+        averaged with the clients' weights when given (as Flower's ``MultiKrum`` does with
+        example counts), else uniformly."""
+        k = updates.shape[0]
+        self.check_input_count(k - 1 + refused)
+        self.stats = {"received": float(k), "rejected_nonfinite": float(refused)}
+        if k < 3:  # too few left for a score; fall back to the unweighted mean
+            return updates.mean(dim=0) if k else reference.clone()
+        f = max(self.f - refused, 0)
+        m = min(self.m, k - f)
+        chosen = multi_krum_select(updates, min(f, k - 3), m)
+        self.stats.update(accepted=float(m))
+        if weights is None or float(weights[chosen].sum()) <= 0.0:
+            return updates[chosen].mean(dim=0)
+        chosen_weights = weights[chosen] / weights[chosen].sum()
+        return chosen_weights @ updates[chosen]
+
 
 @register_rule("krum")
 class Krum(MultiKrum):
@@ -102,12 +123,24 @@ class Krum(MultiKrum):
 class Bulyan(Rule):
     """Bulyan: pick ``theta = n - 2f`` inputs by repeated Krum, then average per coordinate
     the ``beta = theta - 2f`` values closest to the coordinate median of the picked set.
-    Needs ``n >= 4f + 3``."""
+    Needs ``n >= 4f + 3``.
 
-    def __init__(self, f: int) -> None:
+    ``selection="repeated"`` is the paper's selection (Krum re-run on the remaining inputs
+    after each pick); ``selection="multi_krum"`` takes the ``theta`` best Krum scores of one
+    pass, which is what Flower's ``Bulyan`` strategy does.
+    """
+
+    SELECTIONS = ("repeated", "multi_krum")
+
+    def __init__(self, f: int, selection: str = "repeated") -> None:
         super().__init__()
         check_int_at_least("bulyan", "f", f, 0)
+        if selection not in self.SELECTIONS:
+            raise ValueError(
+                f"bulyan: selection must be one of {self.SELECTIONS}, got {selection!r}"
+            )
         self.f = f
+        self.selection = selection
 
     def check_input_count(self, k: int) -> None:
         n = k + 1
@@ -124,6 +157,12 @@ class Bulyan(Rule):
         n = inputs.shape[0]
         f = max(self.f - rejected, 0)
         theta = n - 2 * f
+        if self.selection == "multi_krum":
+            chosen = multi_krum_select(inputs, min(f, n - 3), theta) if n >= 3 else (
+                torch.arange(n, device=inputs.device))
+            selected = inputs[chosen]
+            self.stats.update(accepted=float(theta), own_selected=float(bool((chosen == 0).any())))
+            return mean_of_closest(selected, coordinate_median(selected), theta - 2 * f)
         distances = pairwise_sq_distances(inputs)
         remaining = torch.arange(n, device=inputs.device)
         picked: list[int] = []

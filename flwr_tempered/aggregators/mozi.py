@@ -31,6 +31,8 @@ class Mozi(Rule):
     on the same batch (draw a fresh batch per call, not per candidate).
     """
 
+    server_reference = True
+
     def __init__(
         self, rho: float = 0.5, alpha: float = 0.5, loss_fn: LossFunction | None = None
     ) -> None:

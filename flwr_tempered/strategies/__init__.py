@@ -1,5 +1,38 @@
-"""Flower strategies: the decentralized strategy (neighbour exchange over a Grid)."""
+"""Flower strategies.
+
+Server-assisted (drop-in replacements for ``flwr.serverapp.strategy.FedAvg``): the generic
+:class:`RobustFedAvg` taking any rule of :mod:`flwr_tempered.aggregators`, and the named
+:class:`Median`, :class:`TrimmedMean`, :class:`GeometricMedian`, :class:`Krum`,
+:class:`MultiKrum`, :class:`Bulyan`, :class:`CenteredClipping`, :class:`NNMRobust` and
+:class:`FLTrust`.
+
+Decentralized: :class:`DecentralizedStrategy` (neighbour exchange over a Grid).
+"""
 
 from .decentralized import DecentralizedStrategy
+from .robust_fedavg import RobustFedAvg
+from .robust_named import (
+    Bulyan,
+    CenteredClipping,
+    FLTrust,
+    GeometricMedian,
+    Krum,
+    Median,
+    MultiKrum,
+    NNMRobust,
+    TrimmedMean,
+)
 
-__all__ = ["DecentralizedStrategy"]
+__all__ = [
+    "Bulyan",
+    "CenteredClipping",
+    "DecentralizedStrategy",
+    "FLTrust",
+    "GeometricMedian",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "NNMRobust",
+    "RobustFedAvg",
+    "TrimmedMean",
+]
