@@ -21,7 +21,6 @@ from torch import Tensor
 
 from flwr_tempered import aggregators
 
-from .records import ModelLayout
 from .robust_fedavg import RobustFedAvg, RuleSpec
 
 __all__ = [
