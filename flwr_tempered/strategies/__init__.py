@@ -9,6 +9,7 @@ Server-assisted (drop-in replacements for ``flwr.serverapp.strategy.FedAvg``): t
 Decentralized: :class:`DecentralizedStrategy` (neighbour exchange over a Grid).
 """
 
+from .by_name import SERVER_STRATEGIES, available_server_strategies, make_server_strategy
 from .decentralized import DecentralizedStrategy
 from .robust_fedavg import RobustFedAvg
 from .robust_named import (
@@ -24,6 +25,7 @@ from .robust_named import (
 )
 
 __all__ = [
+    "SERVER_STRATEGIES",
     "Bulyan",
     "CenteredClipping",
     "DecentralizedStrategy",
@@ -35,4 +37,6 @@ __all__ = [
     "NNMRobust",
     "RobustFedAvg",
     "TrimmedMean",
+    "available_server_strategies",
+    "make_server_strategy",
 ]

@@ -1,0 +1,1 @@
+"""server-assisted: an ordinary Flower app (FedAvg-style) made robust with flwr-tempered."""

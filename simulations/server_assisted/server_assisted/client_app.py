@@ -1,0 +1,82 @@
+"""The ClientApp: ordinary Flower training code, plus the attack chosen by run config.
+
+``honest_app`` is what any Flower user already has. ``app`` adds one thing: when the run
+config names an attack, a share of the nodes run it, through flwr-tempered's
+``malicious_clientapp`` wrapper (the honest code is not touched).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flwr_tempered.clients import malicious_clientapp
+from server_assisted.task import Net, load_data, test, train
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+honest_app = ClientApp()
+
+
+@honest_app.train()
+def honest_train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this node's partition."""
+    cfg = context.run_config
+    net = Net()
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    trainloader, _ = load_data(int(context.node_config["partition-id"]),
+                               int(context.node_config["num-partitions"]),
+                               int(cfg["batch-size"]), int(cfg["seed"]))
+    loss = train(net, trainloader, int(cfg["local-epochs"]), float(cfg["lr"]), DEVICE)
+    metrics = MetricRecord({"train_loss": loss, "num-examples": len(trainloader.dataset)})
+    return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}),
+                   reply_to=msg)
+
+
+@honest_app.evaluate()
+def honest_evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the test set."""
+    cfg = context.run_config
+    net = Net()
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    _, testloader = load_data(int(context.node_config["partition-id"]),
+                              int(context.node_config["num-partitions"]),
+                              int(cfg["batch-size"]), int(cfg["seed"]))
+    loss, accuracy = test(net, testloader, DEVICE)
+    metrics = MetricRecord({"eval_loss": loss, "eval_acc": accuracy,
+                            "num-examples": len(testloader.dataset)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@cache
+def _app_for(attack: str, attack_args: str, fraction: float, view: str,
+             seed: int) -> ClientApp:
+    if attack == "none":
+        return honest_app
+    spec = {"name": attack, **json.loads(attack_args)}
+    return malicious_clientapp(honest_app, spec, fraction=fraction, seed=seed, view=view)
+
+
+def _configured(context: Context) -> ClientApp:
+    cfg = context.run_config
+    return _app_for(str(cfg["attack"]), str(cfg["attack-args"]),
+                    float(cfg["attack-fraction"]), str(cfg["attack-view"]), int(cfg["seed"]))
+
+
+app = ClientApp()
+
+
+@app.train()
+def train_(msg: Message, context: Context) -> Message:
+    """Honest training, or the configured attack on the malicious nodes."""
+    return _configured(context)(msg, context)
+
+
+@app.evaluate()
+def evaluate_(msg: Message, context: Context) -> Message:
+    """Evaluation is honest on every node."""
+    return _configured(context)(msg, context)
