@@ -9,8 +9,10 @@ that have one (centered clipping, FLTrust, BALANCE) and the layout every reply m
 A reply that is malformed (no or several ``ArrayRecord``s, missing weight key, wrong keys
 or shapes, undecodable or non-numeric arrays, NaN or Inf) is dropped with its reason logged
 and counted as refused by the rule, which lowers the rule's Byzantine budget as for any
-provably faulty input. If too few replies are left for the rule, the round keeps the
-current global model (as Flower's ``Bulyan`` does) instead of failing.
+provably faulty input. An error reply (the client reports a failure) is listed and logged
+the same way but, like a node that stayed silent, does not count against the budget. If
+too few replies are left for the rule, the round keeps the current global model (as
+Flower's ``Bulyan`` does) instead of failing.
 """
 
 from __future__ import annotations
@@ -99,16 +101,21 @@ class RobustFedAvg(FedAvg):
         """Check the replies, aggregate the accepted models with the robust rule, and
         aggregate the accepted replies' metrics as ``FedAvg`` does."""
         replies = list(replies)
-        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         contents = [message.content for message in valid]
         screened = screen_replies(contents, self._layout, self.weighted_by_key)
-        for index, reason in screened.dropped:
-            log(WARNING, "aggregate_train: dropped the reply of node %d: %s",
-                valid[index].metadata.src_node_id, reason)
+        dropped = [(valid[i].metadata.src_node_id, reason) for i, reason in screened.dropped]
+        # Error replies (the client failed) are listed too, but like a silent node they do
+        # not count against the rule's Byzantine budget.
+        dropped += [(message.metadata.src_node_id,
+                     f"the reply is an error (code {message.error.code}): "
+                     f"{message.error.reason}") for message in errors]
+        for node_id, reason in dropped:
+            log(WARNING, "aggregate_train: dropped the reply of node %d: %s", node_id, reason)
         entry: dict[str, Any] = {
             "round": server_round,
             "accepted": len(screened.accepted),
-            "dropped": [(valid[i].metadata.src_node_id, reason) for i, reason in screened.dropped],
+            "dropped": dropped,
         }
         self.history.append(entry)
         if not screened.accepted:

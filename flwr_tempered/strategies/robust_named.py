@@ -96,6 +96,7 @@ class Krum(MultiKrum):
     def __init__(self, num_malicious_nodes: int = 0, **fedavg_options: Any) -> None:
         super().__init__(num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1,
                          **fedavg_options)
+        self.rule = aggregators.Krum(f=num_malicious_nodes)  # same maths; logs as "krum"
 
 
 class Bulyan(RobustFedAvg):

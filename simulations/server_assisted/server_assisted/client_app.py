@@ -26,7 +26,7 @@ honest_app = ClientApp()
 def honest_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
     cfg = context.run_config
-    net = Net()
+    net = Net(model=str(cfg["model"]))
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     trainloader, _ = load_data(int(context.node_config["partition-id"]),
                                int(context.node_config["num-partitions"]),
@@ -41,7 +41,7 @@ def honest_train(msg: Message, context: Context) -> Message:
 def honest_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the test set."""
     cfg = context.run_config
-    net = Net()
+    net = Net(model=str(cfg["model"]))
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     _, testloader = load_data(int(context.node_config["partition-id"]),
                               int(context.node_config["num-partitions"]),

@@ -17,12 +17,12 @@ from server_assisted.task import Net, root_loader, test, test_loader, train
 app = ServerApp()
 
 
-def central_evaluation(seed: int):  # type: ignore[no-untyped-def]
+def central_evaluation(seed: int, model: str):  # type: ignore[no-untyped-def]
     """The global model's loss and accuracy on the 1,000 test images, every round."""
     loader = test_loader(seed)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        net = Net()
+        net = Net(model=model)
         net.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = test(net, loader)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
@@ -30,12 +30,13 @@ def central_evaluation(seed: int):  # type: ignore[no-untyped-def]
     return evaluate
 
 
-def root_trainer(samples: int, epochs: int, lr: float, seed: int):  # type: ignore[no-untyped-def]
+def root_trainer(samples: int, epochs: int, lr: float, seed: int,  # type: ignore[no-untyped-def]
+                 model: str):
     """FLTrust's server update: the global model trained on the server's root data."""
     loader = root_loader(samples, seed)
 
     def train_on_root(server_round: int, arrays: ArrayRecord) -> ArrayRecord:
-        net = Net()
+        net = Net(model=model)
         net.load_state_dict(arrays.to_torch_state_dict())
         train(net, loader, epochs, lr)
         return ArrayRecord(net.state_dict())
@@ -50,8 +51,8 @@ def build_strategy(context: Context) -> FedAvg:
     name = str(cfg["strategy"])
     if name == "fltrust":
         options.setdefault("root_train_fn", root_trainer(
-            int(cfg["root-samples"]), int(cfg["local-epochs"]), float(cfg["lr"]),
-            int(cfg["seed"])))
+            int(cfg["root-samples"]), int(cfg["root-epochs"]), float(cfg["lr"]),
+            int(cfg["seed"]), str(cfg["model"])))
     return make_server_strategy(name, fraction_train=float(cfg["fraction-train"]),
                                 fraction_evaluate=0.0, **options)
 
@@ -64,10 +65,10 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(context)
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(Net(int(cfg["seed"])).state_dict()),
+        initial_arrays=ArrayRecord(Net(int(cfg["seed"]), str(cfg["model"])).state_dict()),
         train_config=ConfigRecord({"lr": float(cfg["lr"])}),
         num_rounds=int(cfg["num-server-rounds"]),
-        evaluate_fn=central_evaluation(int(cfg["seed"])),
+        evaluate_fn=central_evaluation(int(cfg["seed"]), str(cfg["model"])),
     )
     accuracy = {int(r): float(m["accuracy"]) for r, m in result.evaluate_metrics_serverapp.items()}
     final = accuracy[max(accuracy)]

@@ -1,5 +1,5 @@
-"""The task: a small CNN on offline MNIST-5k (4,000 training and 1,000 test images that
-ship with the package), split IID over the SuperNodes."""
+"""The task: a small CNN (or logistic regression) on offline MNIST-5k (4,000 training and
+1,000 test images that ship with the package), split IID over the SuperNodes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,17 @@ from flwr_tempered.data import Dataset, load_dataset, partition
 from flwr_tempered.models import build_model
 
 
-def Net(seed: int = 0) -> nn.Module:  # noqa: N802 (the name Flower's templates use)
-    """The model: flwr-tempered's small CNN (28,874 parameters)."""
-    return build_model("small_cnn", seed=seed)
+MODELS = ("small_cnn", "logistic_regression")
+
+
+def Net(seed: int = 0, model: str = "small_cnn") -> nn.Module:  # noqa: N802 (Flower's name)
+    """The model: flwr-tempered's small CNN (28,874 parameters) or multinomial logistic
+    regression (7,850 parameters, a much cheaper step)."""
+    if model == "logistic_regression":
+        return build_model(model, seed=seed, in_features=28 * 28, num_classes=10)
+    if model == "small_cnn":
+        return build_model(model, seed=seed)
+    raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
 @cache

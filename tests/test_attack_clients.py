@@ -1,0 +1,278 @@
+"""The attack-client wrapper for ordinary Flower apps, and the in-process LocalGrid.
+
+A toy ClientApp whose "training" is hand-computable (global model + partition id + 1 on
+every coordinate) makes every crafted vector checkable by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+from torch.utils.data import DataLoader, TensorDataset
+
+from flwr_tempered.attacks import LabelFlip, alie_default_z
+from flwr_tempered.clients import (
+    malicious_clientapp,
+    malicious_partitions,
+    poison_batch,
+    poisoned_dataloaders,
+)
+from flwr_tempered.runtime.local_grid import LocalGrid, run_locally
+from flwr_tempered.strategies import Median
+
+NUM_NODES = 6
+DIM = 5
+
+
+def toy_app() -> ClientApp:
+    """Trains by adding ``partition-id + 1`` to every coordinate of the global model."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = msg.content["arrays"].to_numpy_ndarrays()
+        shift = float(context.node_config["partition-id"]) + 1.0
+        trained = [a + shift for a in arrays]
+        metrics = MetricRecord({"num-examples": 10 + int(shift), "shift": shift})
+        return Message(RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics}),
+                       reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        metrics = MetricRecord({"num-examples": 1, "partition": context.node_config[
+            "partition-id"]})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def send(app: ClientApp, global_model: np.ndarray, partition: int,
+         kind: str = MessageType.TRAIN, server_round: int = 1) -> Message:
+    """Deliver one message to ``partition`` through a LocalGrid and return the reply."""
+    grid = LocalGrid(app, NUM_NODES)
+    content = RecordDict({"arrays": ArrayRecord([global_model]),
+                          "config": ConfigRecord({"server-round": server_round})})
+    message = grid.create_message(content, kind, partition + 1, group_id="1")
+    (reply,) = grid.send_and_receive([message])
+    return reply
+
+
+def model_of(reply: Message) -> np.ndarray:
+    assert not reply.has_error(), reply.error.reason
+    return reply.content["arrays"].to_numpy_ndarrays()[0]
+
+
+GLOBAL = np.arange(DIM, dtype=np.float32)
+
+
+# ------------------------------------------------------------------ who is malicious
+def test_fraction_picks_the_rounded_share_of_partitions_the_same_way_everywhere() -> None:
+    chosen = malicious_partitions(20, fraction=0.2, seed=3)
+    assert len(chosen) == 4 and all(0 <= p < 20 for p in chosen)
+    assert malicious_partitions(20, fraction=0.2, seed=3) == chosen
+    assert any(malicious_partitions(20, fraction=0.2, seed=s) != chosen for s in range(4, 9))
+    assert malicious_partitions(20, nodes=[1, 5]) == {1, 5}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "exactly one"),
+    ({"nodes": [1], "fraction": 0.1}, "exactly one"),
+    ({"fraction": 1.0}, "fraction"),
+    ({"nodes": [7]}, "outside"),
+])
+def test_bad_malicious_choices_are_refused_with_a_reason(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        malicious_partitions(6, **kwargs)
+
+
+def test_bad_wrapper_arguments_fail_when_wrapping() -> None:
+    with pytest.raises(ValueError, match="unknown|valid"):
+        malicious_clientapp(toy_app(), "no_such_attack", fraction=0.2)
+    with pytest.raises(ValueError, match="z"):
+        malicious_clientapp(toy_app(), {"name": "alie", "zz": 1}, fraction=0.2)
+    with pytest.raises(ValueError, match="view"):
+        malicious_clientapp(toy_app(), "alie", fraction=0.2, view="psychic")
+    with pytest.raises(ValueError, match="ClientApp"):
+        malicious_clientapp(object(), "alie", fraction=0.2)  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------- honest nodes
+def test_honest_nodes_reply_exactly_as_the_wrapped_app() -> None:
+    wrapped = malicious_clientapp(toy_app(), "sign_flip", nodes=[0])
+    for partition in range(1, NUM_NODES):
+        honest = model_of(send(toy_app(), GLOBAL, partition))
+        assert np.array_equal(model_of(send(wrapped, GLOBAL, partition)), honest)
+
+
+def test_evaluation_is_passed_through_on_malicious_nodes() -> None:
+    wrapped = malicious_clientapp(toy_app(), "sign_flip", nodes=[2])
+    reply = send(wrapped, GLOBAL, 2, kind=MessageType.EVALUATE)
+    assert reply.content["metrics"]["partition"] == 2
+
+
+# --------------------------------------------------------------- model poisoning
+def test_sign_flip_sends_the_global_model_minus_the_scaled_honest_update() -> None:
+    wrapped = malicious_clientapp(toy_app(), {"name": "sign_flip", "scale": 2.0}, nodes=[3])
+    reply = send(wrapped, GLOBAL, 3)
+    # honest update of partition 3 is +4 on every coordinate
+    assert np.allclose(model_of(reply), GLOBAL - 2.0 * 4.0)
+    assert reply.content["metrics"]["num-examples"] == 14  # metrics look ordinary
+
+
+def test_omniscient_alie_uses_every_honest_partitions_model() -> None:
+    malicious = [0, 1]
+    wrapped = malicious_clientapp(toy_app(), {"name": "alie", "z": 1.5}, nodes=malicious)
+    honest_shifts = torch.tensor([p + 1.0 for p in range(NUM_NODES) if p not in malicious])
+    expected = GLOBAL + float(honest_shifts.mean() - 1.5 * honest_shifts.std(unbiased=False))
+    for partition in malicious:
+        assert np.allclose(model_of(send(wrapped, GLOBAL, partition)), expected, atol=1e-5)
+
+
+def test_colluders_view_uses_only_the_malicious_partitions_models() -> None:
+    malicious = [0, 4]
+    wrapped = malicious_clientapp(toy_app(), {"name": "alie", "z": 1.0}, nodes=malicious,
+                                  view="colluders")
+    shifts = torch.tensor([1.0, 5.0])
+    expected = GLOBAL + float(shifts.mean() - shifts.std(unbiased=False))
+    assert np.allclose(model_of(send(wrapped, GLOBAL, 4)), expected, atol=1e-5)
+
+
+def test_ipm_sends_minus_eps_times_the_honest_mean() -> None:
+    wrapped = malicious_clientapp(toy_app(), {"name": "ipm", "eps": 0.5}, nodes=[5])
+    honest_mean = GLOBAL + np.mean([p + 1.0 for p in range(5)])
+    assert np.allclose(model_of(send(wrapped, GLOBAL, 5)), -0.5 * honest_mean, atol=1e-5)
+
+
+def test_gaussian_noise_differs_between_attackers_and_repeats_with_the_seed() -> None:
+    wrapped = malicious_clientapp(toy_app(), {"name": "gaussian", "sigma": 3.0}, nodes=[1, 2])
+    one, two = model_of(send(wrapped, GLOBAL, 1)), model_of(send(wrapped, GLOBAL, 2))
+    assert not np.allclose(one, two)
+    assert np.array_equal(one, model_of(send(wrapped, GLOBAL, 1)))
+    assert not np.allclose(one, model_of(send(wrapped, GLOBAL, 1, server_round=2)))
+
+
+def test_a_node_config_without_partition_ids_is_an_error_reply_naming_it() -> None:
+    wrapped = malicious_clientapp(toy_app(), "sign_flip", nodes=[0])
+    grid = LocalGrid(wrapped, 2)
+    grid.contexts[1].node_config.clear()
+    content = RecordDict({"arrays": ArrayRecord([GLOBAL]), "config": ConfigRecord({})})
+    (reply,) = grid.send_and_receive([grid.create_message(content, MessageType.TRAIN, 1, "1")])
+    assert reply.has_error() and "partition-id" in reply.error.reason
+
+
+# ---------------------------------------------------------------- data poisoning
+def data_app(batches: list[object]) -> ClientApp:
+    """Iterates a DataLoader of labels 0..9 and reports the labels it saw."""
+    app = ClientApp()
+    dataset = TensorDataset(torch.zeros(10, 1, 4, 4), torch.arange(10))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        seen = [batch for batch in DataLoader(dataset, batch_size=5)]
+        batches.append(seen)
+        return Message(RecordDict({"arrays": msg.content["arrays"],
+                                   "metrics": MetricRecord({"num-examples": 10})}),
+                       reply_to=msg)
+
+    return app
+
+
+def test_label_flip_poisons_the_batches_of_malicious_nodes_only() -> None:
+    seen: list[object] = []
+    wrapped = malicious_clientapp(data_app(seen), "label_flip", nodes=[1])
+    send(wrapped, GLOBAL, 1)
+    send(wrapped, GLOBAL, 0)
+    flipped = torch.cat([labels for _, labels in seen[0]])  # type: ignore[attr-defined]
+    clean = torch.cat([labels for _, labels in seen[1]])  # type: ignore[attr-defined]
+    assert flipped.tolist() == [9 - y for y in range(10)]
+    assert clean.tolist() == list(range(10))
+
+
+def test_backdoor_stamps_the_trigger_and_relabels() -> None:
+    seen: list[object] = []
+    wrapped = malicious_clientapp(
+        data_app(seen), {"name": "backdoor", "fraction": 1.0, "target_label": 7,
+                         "value": 1.0}, nodes=[0])
+    send(wrapped, GLOBAL, 0)
+    images, labels = seen[0][0]  # type: ignore[index]
+    assert labels.tolist() == [7] * 5
+    assert torch.all(images[:, :, -3:, -3:] == 1.0) and torch.all(images[:, :, 0, 0] == 0.0)
+
+
+def test_mapping_batches_are_poisoned_and_unknown_batches_refused() -> None:
+    attack = LabelFlip()
+    batch = {"img": torch.zeros(2, 1, 3, 3), "label": torch.tensor([0, 3]), "id": [5, 6]}
+    poisoned = poison_batch(attack, batch)
+    assert poisoned["label"].tolist() == [9, 6] and poisoned["id"] == [5, 6]
+    with pytest.raises(ValueError, match="keys"):
+        poison_batch(attack, {"pixels": torch.zeros(1, 1, 2, 2), "label": torch.tensor([1])})
+    with pytest.raises(ValueError, match="str"):
+        poison_batch(attack, "not a batch")
+
+
+def test_the_dataloader_is_restored_after_the_poisoned_call() -> None:
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])))
+    with poisoned_dataloaders(LabelFlip()):
+        inside = [labels.item() for _, labels in loader]
+    after = [labels.item() for _, labels in loader]
+    assert (inside, after) == ([9, 8], [0, 1])
+
+
+# ---------------------------------------------------------------------- LocalGrid
+def test_local_grid_turns_a_raising_clientapp_into_an_error_reply_and_goes_on() -> None:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == 1:
+            raise RuntimeError("disk on fire")
+        context.state["calls"] = MetricRecord({"n": 1 + int(
+            context.state["calls"]["n"] if "calls" in context.state else 0)})
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+
+    grid = LocalGrid(app, 3)
+    for _ in range(2):
+        messages = [grid.create_message(RecordDict(), MessageType.TRAIN, node, "1")
+                    for node in grid.get_node_ids()]
+        replies = list(grid.send_and_receive(messages))
+    assert [r.has_error() for r in replies] == [False, True, False]
+    assert "disk on fire" in replies[1].error.reason
+    assert grid.contexts[1].state["calls"]["n"] == 2  # state persists across rounds
+
+
+def test_run_locally_drives_a_server_app_with_a_robust_strategy() -> None:
+    server = ServerApp()
+    results: dict[str, object] = {}
+
+    @server.main()
+    def main(grid, context):  # type: ignore[no-untyped-def]
+        strategy = Median(fraction_evaluate=0.0)
+        results["final"] = strategy.start(grid=grid, initial_arrays=ArrayRecord([GLOBAL]),
+                                          num_rounds=2)
+
+    attacked = malicious_clientapp(toy_app(), {"name": "gaussian", "sigma": 100.0},
+                                   nodes=[0])
+    run_locally(server, attacked, 5)
+    final = results["final"].arrays.to_numpy_ndarrays()[0]  # type: ignore[attr-defined]
+    # honest shifts 2..5 and one huge outlier: the median of 5 moves by 3.5 or 4 per round
+    assert np.all(np.abs(final - GLOBAL) <= 8.0) and np.all(final - GLOBAL >= 6.0)
+
+
+def test_alie_default_z_is_used_when_none_given() -> None:
+    wrapped = malicious_clientapp(toy_app(), "alie", nodes=[0, 1])
+    shifts = torch.tensor([p + 1.0 for p in range(2, NUM_NODES)])
+    z = alie_default_z(NUM_NODES, 2)
+    expected = GLOBAL + float(shifts.mean() - z * shifts.std(unbiased=False))
+    assert np.allclose(model_of(send(wrapped, GLOBAL, 0)), expected, atol=1e-5)
