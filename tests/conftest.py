@@ -7,9 +7,35 @@ reproducible: the same examples every run. Locally it explores new examples each
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def stop_flower_processes(flwr_home: Path) -> None:
+    """Stop the SuperLink and SuperExec that ``flwr run`` left in the background for a
+    test's own ``FLWR_HOME`` (only those: matched on that environment variable)."""
+    marker = f"FLWR_HOME={flwr_home}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+@pytest.fixture
+def flwr_home(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ``FLWR_HOME`` for ``flwr run``; its background processes are stopped after."""
+    home = tmp_path / "flwr-home"
+    yield home
+    stop_flower_processes(home)

@@ -98,7 +98,7 @@ def test_bad_malicious_choices_are_refused_with_a_reason(kwargs: dict, message: 
 
 
 def test_bad_wrapper_arguments_fail_when_wrapping() -> None:
-    with pytest.raises(ValueError, match="unknown|valid"):
+    with pytest.raises(ValueError, match=r"unknown|valid"):
         malicious_clientapp(toy_app(), "no_such_attack", fraction=0.2)
     with pytest.raises(ValueError, match="z"):
         malicious_clientapp(toy_app(), {"name": "alie", "zz": 1}, fraction=0.2)

@@ -66,10 +66,11 @@ def test_robust_strategy_stays_within_5_points_of_no_attack_under_every_attack(
 
 
 @pytest.mark.slow
-def test_flwr_run_of_the_app_with_a_strategy_and_an_attack(tmp_path: Path) -> None:
+def test_flwr_run_of_the_app_with_a_strategy_and_an_attack(tmp_path: Path,
+                                                           flwr_home: Path) -> None:
     """``flwr run simulations/server_assisted`` through Flower's simulation engine."""
     results = tmp_path / "result.json"
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
+    env = {**os.environ, "FLWR_HOME": str(flwr_home),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     overrides = (f"num-server-rounds=2 strategy='trimmed_mean' attack='sign_flip' "
                  f"model='logistic_regression' results='{results}'")

@@ -36,11 +36,12 @@ def test_each_app_runs_its_experiments_headline_case(experiment: str) -> None:
 
 
 @pytest.mark.slow
-def test_flwr_run_of_an_app_with_run_config_overrides(tmp_path: Path) -> None:
+def test_flwr_run_of_an_app_with_run_config_overrides(tmp_path: Path, flwr_home: Path
+                                                      ) -> None:
     """``flwr run simulations/optimization_delta`` on a fresh Flower home, two steps, with
     the rule overridden: the relay writes the results folder of that run."""
     out = tmp_path / "run"
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
+    env = {**os.environ, "FLWR_HOME": str(flwr_home),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     overrides = f"rounds=2 eval-every=1 rule='trimmed_mean' rule-args='{{\"b\": 1}}' out='{out}'"
     result = subprocess.run(
