@@ -675,3 +675,29 @@ def test_a_float64_model_is_aggregated_in_float64() -> None:
     arrays, _ = aggregate(ours.Median(), replies, models[0])
     expected, _ = aggregate(flower.FedMedian(), replies)
     assert_same_model(arrays, expected, atol=0.0)
+
+
+# ------------------------------------------------------------- strategies by name
+def test_make_server_strategy_builds_named_flower_and_rule_strategies() -> None:
+    median = ours.make_server_strategy("median", fraction_train=0.5)
+    assert isinstance(median, ours.Median) and median.fraction_train == 0.5
+    fedavg = ours.make_server_strategy("fedavg")
+    assert type(fedavg) is flower.FedAvg
+    balance = ours.make_server_strategy("balance", rule_args={"total_rounds": 7})
+    assert isinstance(balance, ours.RobustFedAvg)
+    assert balance.rule.config() == {"name": "balance", "total_rounds": 7, "gamma": 0.3,
+                                     "kappa": 1.0, "alpha": 0.5}
+    names = ours.available_server_strategies()
+    assert names[:2] == ["fedavg", "median"] and "balance" in names and "mean" in names
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("medianx", {}, "unknown server strategy 'medianx'"),
+    ("median", {"beta": 0.1}, "strategy 'median'.*beta"),
+    ("trimmed_mean", {"rule_args": {"b": 1}}, "keyword arguments"),
+    ("balance", {"rule_args": {"gama": 0.3}}, "gama"),
+])
+def test_make_server_strategy_names_what_is_wrong(name: str, kwargs: dict,
+                                                  message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ours.make_server_strategy(name, **kwargs)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from flwr_tempered.clients import malicious_clientapp
 from server_assisted.task import Net, load_data, test, train
@@ -22,15 +24,22 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 honest_app = ClientApp()
 
 
+def _received_model_and_data(msg: Message, context: Context) -> tuple[nn.Module, Any, Any]:
+    """The global model from the message, and this node's train and test loaders."""
+    cfg = context.run_config
+    net = Net(model=str(cfg["model"]))
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    trainloader, testloader = load_data(int(context.node_config["partition-id"]),
+                                        int(context.node_config["num-partitions"]),
+                                        int(cfg["batch-size"]), int(cfg["seed"]))
+    return net, trainloader, testloader
+
+
 @honest_app.train()
 def honest_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
     cfg = context.run_config
-    net = Net(model=str(cfg["model"]))
-    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    trainloader, _ = load_data(int(context.node_config["partition-id"]),
-                               int(context.node_config["num-partitions"]),
-                               int(cfg["batch-size"]), int(cfg["seed"]))
+    net, trainloader, _ = _received_model_and_data(msg, context)
     loss = train(net, trainloader, int(cfg["local-epochs"]), float(cfg["lr"]), DEVICE)
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(trainloader.dataset)})
     return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}),
@@ -40,12 +49,7 @@ def honest_train(msg: Message, context: Context) -> Message:
 @honest_app.evaluate()
 def honest_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the test set."""
-    cfg = context.run_config
-    net = Net(model=str(cfg["model"]))
-    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    _, testloader = load_data(int(context.node_config["partition-id"]),
-                              int(context.node_config["num-partitions"]),
-                              int(cfg["batch-size"]), int(cfg["seed"]))
+    net, _, testloader = _received_model_and_data(msg, context)
     loss, accuracy = test(net, testloader, DEVICE)
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": accuracy,
                             "num-examples": len(testloader.dataset)})
