@@ -276,3 +276,64 @@ def test_alie_default_z_is_used_when_none_given() -> None:
     z = alie_default_z(NUM_NODES, 2)
     expected = GLOBAL + float(shifts.mean() - z * shifts.std(unbiased=False))
     assert np.allclose(model_of(send(wrapped, GLOBAL, 0)), expected, atol=1e-5)
+
+
+def test_attacks_that_ignore_targets_models_do_not_train_the_honest_partitions() -> None:
+    calls: list[int] = []
+    inner = toy_app()
+    counting = ClientApp()
+
+    @counting.train()
+    def train(msg: Message, context: Context) -> Message:
+        calls.append(int(context.node_config["partition-id"]))
+        return inner(msg, context)
+
+    send(malicious_clientapp(counting, "sign_flip", nodes=[2]), GLOBAL, 2)
+    assert calls == [2]  # only its own honest training
+    calls.clear()
+    send(malicious_clientapp(counting, "ipm", nodes=[2]), GLOBAL, 2)
+    assert sorted(calls) == list(range(NUM_NODES))  # plus every honest partition
+
+
+@pytest.mark.parametrize("name", ["bit_flip", "gaussian", "sign_flip"])
+def test_attacks_flagged_as_ignoring_targets_models_really_ignore_them(name: str) -> None:
+    from flwr_tempered.attacks import AttackView, TargetView, get_attack
+
+    assert get_attack(name).uses_targets_models is False
+
+    def crafted(scale: float) -> torch.Tensor:
+        target = TargetView(node=0, model=scale * torch.ones(3),
+                            honest_neighbors=scale * torch.ones(2, 3),
+                            honest_weights=torch.full((2,), 0.25), byzantine_weight=0.25,
+                            n_byzantine=1, self_weight=0.25, previous=torch.zeros(3))
+        view = AttackView(own=torch.tensor([1.0, 2.0, 3.0]), targets=(target,),
+                          own_previous=torch.zeros(3))
+        return get_attack(name)(view)
+
+    assert torch.equal(crafted(1.0), crafted(50.0))
+
+
+def test_two_apps_in_one_process_do_not_share_their_honest_view() -> None:
+    """The omniscient view is cached per process; a second app on the same global model
+    and round must still see its own honest models."""
+    def shifted_app(factor: float) -> ClientApp:
+        app = ClientApp()
+
+        @app.train()
+        def train(msg: Message, context: Context) -> Message:
+            arrays = msg.content["arrays"].to_numpy_ndarrays()
+            shift = factor * (float(context.node_config["partition-id"]) + 1.0)
+            return Message(RecordDict({"arrays": ArrayRecord([a + shift for a in arrays]),
+                                       "metrics": MetricRecord({"num-examples": 1})}),
+                           reply_to=msg)
+
+        return app
+
+    results = []
+    for factor in (1.0, 3.0):
+        wrapped = malicious_clientapp(shifted_app(factor), {"name": "ipm", "eps": 1.0},
+                                      nodes=[0])
+        results.append(model_of(send(wrapped, GLOBAL, 0)))
+    honest_mean_shift = np.mean([p + 1.0 for p in range(1, NUM_NODES)])
+    assert np.allclose(results[0], -(GLOBAL + honest_mean_shift), atol=1e-5)
+    assert np.allclose(results[1], -(GLOBAL + 3.0 * honest_mean_shift), atol=1e-5)

@@ -246,6 +246,9 @@ class AttackBase(ABC):
     uses_previous: ClassVar[bool] = False
     #: The attack reads a target's ``rule`` when it is given (true if needed).
     uses_rule: ClassVar[bool] = False
+    #: The attack reads the targets' models and honest neighbours (false for attacks
+    #: built from the attacker's own model alone), so a runtime may skip gathering them.
+    uses_targets_models: ClassVar[bool] = True
 
     def __init__(self, seed: int | None = None) -> None:
         self.stats: dict[str, float] = {}

@@ -18,6 +18,8 @@ from .base import (
 class BitFlip(ModelPoisoningAttack):
     """Send the attacker's own model with every sign flipped: ``-own`` to every target."""
 
+    uses_targets_models = False
+
     def __init__(self) -> None:
         super().__init__()
 
@@ -33,6 +35,8 @@ class Gaussian(ModelPoisoningAttack):
     Every target receives an independent draw (a Byzantine node may equivocate), taken
     from the instance generator seeded with ``seed``.
     """
+
+    uses_targets_models = False
 
     AROUND = ("zero", "own")
 
@@ -54,6 +58,8 @@ class Gaussian(ModelPoisoningAttack):
 class SignFlip(ModelPoisoningAttack):
     """Send the attacker's own honest update reversed and scaled:
     ``own_previous - scale * (own - own_previous)`` (needs ``view.own_previous``)."""
+
+    uses_targets_models = False
 
     needs_own_previous = True
 

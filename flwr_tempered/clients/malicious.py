@@ -56,8 +56,9 @@ VIEWS = ("omniscient", "colluders", "own")
 
 AttackSpec = str | Mapping[str, Any]
 
-#: Per worker process: the honest models of the latest round, keyed by run, round and
-#: global-model digest, so colluding attackers in one process train them once.
+#: Per worker process: the honest models of the latest round, keyed by app, run, round,
+#: global-model digest and run config, so colluding attackers in one process train them
+#: once.
 _VIEW_CACHE: dict[tuple[Any, ...], dict[int, torch.Tensor]] = {}
 
 
@@ -195,7 +196,7 @@ def _poisoned_reply(app: ClientApp, attack: ModelPoisoningAttack, message: Messa
                          f"global model: {problem}")
     previous = layout.to_vector(global_arrays)
     own = layout.to_vector(trained)
-    if view == "own":
+    if view == "own" or not attack.uses_targets_models:
         honest = own.unsqueeze(0)
     else:
         who = (sorted(set(range(count)) - bad) if view == "omniscient" else sorted(bad))
@@ -213,7 +214,10 @@ def _view_models(app: ClientApp, message: Message, context: Context, partitions:
     """The honest models of ``partitions`` this round, trained once per process."""
     _, global_arrays = _single_arrays(message.content, "train message")
     digest = hashlib.sha256(layout.to_vector(global_arrays).numpy().tobytes()).hexdigest()
-    cache_key = (context.run_id, _round_of(message), digest)
+    # The same global model can reach different apps or configs in one process (tests,
+    # notebooks, LocalGrid runs): they must not share honest models.
+    cache_key = (id(app), context.run_id, _round_of(message), digest,
+                 tuple(sorted(context.run_config.items())))
     models = _VIEW_CACHE.get(cache_key)
     if models is None:
         _VIEW_CACHE.clear()
