@@ -39,6 +39,21 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert result.stdout == marked.group(1)
 
 
+def test_ci_runs_the_readme_reproduction_command_and_it_selects_the_findings() -> None:
+    marked = re.search(
+        r"<!-- reproduction-command -->\n```bash\n(.*?)\n```\n<!-- /reproduction-command -->",
+        README, re.DOTALL,
+    )
+    assert marked, "README.md must mark the reproduction command for .ci/run"
+    assert "run_marked_command reproduction-command" in (ROOT / ".ci" / "run").read_text()
+    command = marked.group(1).split()
+    collected = subprocess.run(
+        [*command, "--collect-only"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert collected.returncode == 0, collected.stdout[-2000:]
+    assert "test_reproduce_findings.py" in collected.stdout
+    assert "test_aggregators.py" not in collected.stdout
+
+
 def test_readme_bash_commands_use_real_subcommands() -> None:
     from flwr_tempered.experiments.cli import build_parser
 

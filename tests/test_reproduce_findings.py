@@ -16,7 +16,7 @@ import pytest
 from flwr_tempered.experiments.reproduce.findings import honest_majority, optimization_delta
 from flwr_tempered.experiments.reproduce.runner import load_results, run_experiment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reproduction]
 
 
 def shortened(root: Path, experiment: str, rounds: int, only: list[str]
