@@ -97,3 +97,36 @@ def test_function_task_turns_user_code_into_a_node() -> None:
     assert metrics == {"steps": 1.0}
     torch.testing.assert_close(node.state.params, before + 2.0)
     assert node.evaluate()["accuracy"] == pytest.approx(0.5)
+
+
+def test_sign_flip_attacker_reverses_its_own_update_across_a_state_round_trip() -> None:
+    """Sign flip needs the model the attacker started training from; it must survive the
+    node state's trip through Flower records between the train and attack messages."""
+    from flwr.app import RecordDict
+
+    from flwr_tempered.node import TargetInputs
+    from flwr_tempered.runtime.state import load_node_state, save_node_state
+
+    config = RunConfig(topology="ring", topology_args={}, nodes=4, byzantine=1,
+                       model="logistic_regression",
+                       model_args={"in_features": 784, "num_classes": 10},
+                       attack="sign_flip", attack_args={"scale": 2.0}, rule="gossip",
+                       rounds=2, ledger=False)
+    world = build_world(config)
+    attacker_position = sorted(world.topology.byzantine)[0]
+    attacker = Node(attacker_position, world)
+    start = attacker.state.params.clone()
+    attacker.train(round=0)
+    trained = attacker.state.params.clone()
+    assert not torch.equal(start, trained)
+    records = RecordDict()
+    save_node_state(attacker.save_state(), records)
+    resumed = Node(attacker_position, world)
+    resumed.load_state(load_node_state(records))
+    target = world.topology.neighbors(attacker_position)[0]
+    honest = [j for j in world.topology.neighbors(target) if j not in world.topology.byzantine]
+    zeros = np.zeros_like(trained.numpy())
+    crafted = resumed.craft([TargetInputs(node=target, model=zeros, honest_neighbors=honest,
+                                          honest_models=[zeros] * len(honest))], round=0)
+    assert torch.allclose(torch.from_numpy(crafted[target]), start - 2.0 * (trained - start),
+                          atol=1e-6)

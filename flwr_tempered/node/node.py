@@ -60,6 +60,10 @@ class TargetInputs:
     previous: np.ndarray | None = None
 
 
+#: Key of the attacker's training-start model inside ``NodeState.attack``.
+TRAINING_START_KEY = "training_start"
+
+
 def build_rule(config: RunConfig) -> Rule:
     """The honest nodes' rule of ``config`` (BALANCE's horizon defaults to the run's
     rounds). MOZI's loss callback is bound by the node that owns the rule."""
@@ -112,6 +116,9 @@ class Node:
         if self.byzantine and config.attack != "none":
             self.attack = build_attack(config, position)
         self._honest_rule: Rule | None = None
+        #: The model this node started its latest local training from, kept for attacks
+        #: that reverse the node's own update (``needs_own_previous``, e.g. sign flip).
+        self._training_start: Tensor | None = None
         initial = self.task.initial_parameters()
         self.state = NodeState(params=initial, momentum=torch.zeros_like(initial))
 
@@ -130,7 +137,11 @@ class Node:
         if self.rule is not None and state.rule:
             self.rule.load_state_dict(state.rule)
         if self.attack is not None and state.attack:
-            self.attack.load_state_dict(state.attack)
+            attack_state = dict(state.attack)
+            start = attack_state.pop(TRAINING_START_KEY, None)
+            self._training_start = None if start is None else torch.as_tensor(start)
+            if attack_state:
+                self.attack.load_state_dict(attack_state)
 
     def save_state(self) -> NodeState:
         """The node's state to persist until the next round."""
@@ -139,6 +150,8 @@ class Node:
             self.state.rule = self.rule.state_dict()
         if self.attack is not None:
             self.state.attack = self.attack.state_dict()
+            if self._training_start is not None:
+                self.state.attack[TRAINING_START_KEY] = self._training_start
         return self.state
 
     # ------------------------------------------------------------------------ round
@@ -180,6 +193,8 @@ class Node:
     def train(self, round: int) -> dict[str, float]:
         """Local training from the current model; the result is what the node sends."""
         transform = self.attack.poison if isinstance(self.attack, DataPoisoningAttack) else None
+        if self.attack is not None and self.attack.needs_own_previous:
+            self._training_start = self.state.params.detach().clone()
         params, momentum, metrics = self.task.train(self.state.params, self.state.momentum,
                                                     transform)
         self.state.params, self.state.momentum = params, momentum
@@ -228,8 +243,13 @@ class Node:
             ))
         if not views:
             return {}
+        own_previous = self._training_start
+        if own_previous is not None and own_previous.shape != self.state.params.shape:
+            own_previous = None
         view = AttackView(own=self.state.params, targets=views, round=round,
-                          total_rounds=self.world.config.rounds)
+                          total_rounds=self.world.config.rounds,
+                          own_previous=None if own_previous is None
+                          else own_previous.to(self.state.params.dtype))
         crafted = self.attack(view)
         return {v.node: row.detach().numpy().copy()
                 for v, row in zip(views, crafted, strict=True)}
