@@ -92,8 +92,7 @@ class Rule(ABC):
         )
         if round < 0:
             raise ValueError(f"{self.name}: round must be >= 0, got {round}")
-        if isinstance(refused, bool) or not isinstance(refused, int) or refused < 0:
-            raise ValueError(f"{self.name}: refused must be an integer >= 0, got {refused!r}")
+        _check_refused(self.name, refused)
         self.check_input_count(received.shape[0] + refused)
         finite = finite_rows(received)
         rejected = int(received.shape[0] - int(finite.sum()))
@@ -134,8 +133,7 @@ class Rule(ABC):
             reference, updates, None, rule_name=self.name, requires_weights=False
         )
         client_weights = _client_weights(self.name, weights, updates)
-        if isinstance(refused, bool) or not isinstance(refused, int) or refused < 0:
-            raise ValueError(f"{self.name}: refused must be an integer >= 0, got {refused!r}")
+        _check_refused(self.name, refused)
         finite = finite_rows(updates)
         rejected = int(updates.shape[0] - int(finite.sum()))
         if rejected:
@@ -286,6 +284,12 @@ def _validate_inputs(
     if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise ValueError(f"{rule_name}: weights must sum to 1, got sum {total:.6g}")
     return own, received, weights
+
+
+def _check_refused(rule_name: str, refused: object) -> None:
+    """Raise ``ValueError`` unless ``refused`` is an integer >= 0."""
+    if isinstance(refused, bool) or not isinstance(refused, int) or refused < 0:
+        raise ValueError(f"{rule_name}: refused must be an integer >= 0, got {refused!r}")
 
 
 def _client_weights(rule_name: str, weights: Tensor | None, updates: Tensor) -> Tensor | None:
