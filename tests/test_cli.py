@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +101,29 @@ def test_run_prints_a_summary_next_to_gossip(
     assert "accuracy_mean" in captured.out
     assert "round    2/2" in captured.err
     assert (out / "metrics.jsonl").exists() and (tmp_path / "run-gossip" / "metrics.jsonl").exists()
+
+
+def test_num_gpus_and_cpus_become_each_nodes_ray_resources(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`flwr-tempered run --num-gpus 0.25` (the README's GPU line) reaches Ray as every
+    simulated node's client resources; checked without a GPU by capturing what
+    ``run_simulation`` is given."""
+    import flwr.simulation
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_simulation(**kwargs: Any) -> None:
+        seen.update(kwargs)
+        config = json.dumps({"nodes": 16, "topology": "erdos_renyi"})
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / "config.json").write_text(config)
+        (tmp_path / "run" / "metrics.jsonl").write_text(
+            json.dumps({"round": 0, "accuracy_mean": 0.1, "accuracy_min": 0.1}) + "\n")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
+    code = main(["run", "--num-gpus", "0.25", "--num-cpus", "2", "--compare", "none",
+                 "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert seen["backend_config"]["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
+    assert seen["num_supernodes"] == 16

@@ -125,3 +125,24 @@ def test_without_attack_clipped_gossip_matches_gossip(tmp_path: Path) -> None:
     clipped = final_accuracy(tmp_path, "clipped_gossip", "none", {})
     assert abs(gossip - clipped) <= 0.05, (gossip, clipped)
     assert gossip > 0.6
+
+
+def test_too_few_supernodes_is_an_error_that_says_how_many_are_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flower's simulation starts 2 SuperNodes unless told otherwise; the relay must say
+    how to start the number the topology needs instead of hanging or failing vaguely."""
+    from flwr_tempered.strategies import decentralized
+
+    class TwoNodes:
+        def get_node_ids(self) -> list[int]:
+            return [11, 12]
+
+    monkeypatch.setattr(decentralized, "NODE_WAIT_SECONDS", 0.3)
+    strategy = decentralized.DecentralizedStrategy(RunConfig(nodes=16, ledger=False))
+    with pytest.raises(RuntimeError) as error:
+        strategy.start(TwoNodes())  # type: ignore[arg-type]
+    message = str(error.value)
+    assert "only 2 of the 16 nodes" in message
+    assert '--federation-config "num-supernodes=16"' in message
+    assert "partition ids 0..15" in message

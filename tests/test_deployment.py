@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.end_to_end
 
 REPO = Path(__file__).resolve().parent.parent
 

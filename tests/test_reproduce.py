@@ -307,3 +307,24 @@ def test_flower_engine_gives_the_in_process_metrics(tmp_path: Path) -> None:
     done = json.loads((tmp_path / "flower" / "optimization_delta" / "cpu" /
                        "delta0.25-ALIE10" / DONE_FILE).read_text())
     assert done["engine"] == "flower" and done["seconds"] > 0
+
+
+def test_dry_run_lists_the_runs_and_what_is_done_without_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--dry-run`` shows a preset's runs before paying for them, and writes nothing."""
+    assert main(["reproduce", "dumbbell", "--preset", "full", "--dry-run",
+                 "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("dumbbell (full preset): 10 runs")
+    assert len(lines) == 11
+    assert all("mnist/mnist_cnn" in line and "[to run]" in line for line in lines[1:])
+    assert not any(tmp_path.iterdir())
+    run_experiment("consensus", root=tmp_path, only=["a0.05-d0.01-gossip"], rounds=5,
+                   echo=lambda _: None)
+    assert main(["reproduce", "consensus", "--dry-run", "--rounds", "5", "--only", "d0.01-",
+                 "--out", str(tmp_path)]) == 0
+    states = {line.split()[0]: line.rsplit("[", 1)[1] for line in
+              capsys.readouterr().out.splitlines()[1:]}
+    assert states["a0.05-d0.01-gossip"] == "done]"
+    assert "to run]" in states["a0.05-d0.01-median"]

@@ -168,7 +168,7 @@ def _add_run_parser(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from flwr_tempered.experiments.results import read_metrics
+    from flwr_tempered.experiments.results import COMPARISON_FILE, plot_comparison, read_metrics
     from flwr_tempered.experiments.simulate import print_progress, simulate
     from flwr_tempered.node import RunConfig
     from flwr_tempered.runtime.server import default_results_folder
@@ -205,6 +205,10 @@ def _run(args: argparse.Namespace) -> None:
         simulate(run_config, folder, progress=print_progress)
         finals[name] = read_metrics(folder)[-1]
     _print_summary(finals, runs)
+    if len(runs) > 1:
+        picture = plot_comparison({name: folder for name, (_, folder) in runs.items()},
+                                  out / COMPARISON_FILE)
+        print(f"accuracy of both rules: {picture}")
 
 
 def _check_buildable(config: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,5 +85,47 @@ def plot_run(folder: str | Path, path: str | Path | None = None) -> Path:
                         f"attack {config.get('attack')} · {config.get('byzantine')} Byzantine")
     figure.tight_layout()
     target = Path(path) if path is not None else Path(folder) / PLOT_FILE
+    figure.savefig(target, dpi=100)
+    return target
+
+
+COMPARISON_FILE = "comparison.png"
+
+
+def plot_comparison(folders: Mapping[str, str | Path], path: str | Path) -> Path:
+    """The honest nodes' mean (solid) and worst (dashed) test accuracy of several runs on
+    one axis, labelled by the mapping's keys, from their ``metrics.jsonl`` only; returns
+    the PNG's path. This is the picture that says whether a rule held: the runs should
+    differ only in what the labels name."""
+    from matplotlib.figure import Figure
+
+    if not folders:
+        raise ValueError("plot_comparison needs at least one results folder")
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    colours = [f"C{index}" for index in range(len(folders))]
+    title = ""
+    for (label, folder), colour in zip(folders.items(), colours, strict=True):
+        metrics = [m for m in read_metrics(folder) if m.get("accuracy_mean") is not None]
+        if not metrics:
+            raise ValueError(f"no evaluated round in {Path(folder) / METRICS_FILE}")
+        rounds = [m["round"] for m in metrics]
+        axes.plot(rounds, [100 * m["accuracy_mean"] for m in metrics], color=colour,
+                  marker="o", markersize=3, label=f"{label}, mean")
+        axes.plot(rounds, [100 * m["accuracy_min"] for m in metrics], color=colour,
+                  linestyle="--", label=f"{label}, worst")
+        config_path = Path(folder) / CONFIG_FILE
+        if not title and config_path.exists():
+            config = json.loads(config_path.read_text())
+            title = (f"{config.get('nodes')} nodes on {config.get('topology')}, "
+                     f"{config.get('byzantine')} Byzantine ({config.get('attack')})")
+    axes.set_xlabel("round")
+    axes.set_ylabel("test accuracy of the honest nodes (%)")
+    axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    target = Path(path)
     figure.savefig(target, dpi=100)
     return target

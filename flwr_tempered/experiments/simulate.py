@@ -31,12 +31,19 @@ def simulate(config: RunConfig, out: str | Path, *, progress: ProgressCallback |
              quiet: bool = True) -> Path:
     """Run ``config`` with one simulated Flower SuperNode per topology node; return the
     results folder. ``config.node_cpus``/``config.node_gpus`` become Ray's
-    ``client_resources``."""
+    ``client_resources``. Ray joins the cluster named by ``RAY_ADDRESS`` when it is set
+    (Ray's own rule), otherwise it starts on this machine."""
     from flwr.simulation import run_simulation
 
     from flwr_tempered.node import topology_of
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if os.environ.get("RAY_ADDRESS") and config.exchange == "shared":
+        logging.getLogger(__name__).warning(
+            "RAY_ADDRESS is set (%s) and exchange is 'shared': the shared exchange keeps "
+            "models in this machine's /dev/shm, so it works only while every Ray worker runs "
+            "on this machine. On a cluster of several machines use exchange 'inline' "
+            "(--exchange inline).", os.environ["RAY_ADDRESS"])
     n = topology_of(config).n
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": config.node_cpus, "num_gpus": config.node_gpus},

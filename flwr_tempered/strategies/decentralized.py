@@ -171,9 +171,13 @@ class DecentralizedStrategy:
                 break
             time.sleep(0.2)
         if len(node_ids) < self.topology.n:
+            n = self.topology.n
             raise RuntimeError(
-                f"only {len(node_ids)} of the {self.topology.n} nodes the topology needs "
-                f"connected within {NODE_WAIT_SECONDS:.0f} s"
+                f"only {len(node_ids)} of the {n} nodes the topology needs connected "
+                f"within {NODE_WAIT_SECONDS:.0f} s: the run needs one SuperNode per "
+                f"topology node. In simulation pass --federation-config "
+                f"\"num-supernodes={n}\" to `flwr run` (Flower's default is 2); in "
+                f"deployment mode start {n} SuperNodes with partition ids 0..{n - 1}"
             )
         provisional = dict(enumerate(node_ids[: self.topology.n]))
         log = self._send(grid, HELLO, {p: {} for p in provisional}, provisional)

@@ -42,6 +42,8 @@ def add_reproduce_parsers(commands: Any) -> None:
     reproduce.add_argument("--rounds", type=int, default=None, metavar="STEPS",
                            help="override every run's number of steps (a quick look)")
     reproduce.add_argument("--no-plot", action="store_true", help="do not draw the figure")
+    reproduce.add_argument("--dry-run", action="store_true",
+                           help="list the runs (settings, done or not) without running them")
 
 
 def _menu() -> tuple[str, str] | None:
@@ -90,6 +92,12 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         action = "reproduce" if choice[0] == "run" else "plot"
         experiment = choice[1]
     get_experiment(experiment)
+    if action == "reproduce" and getattr(args, "dry_run", False):
+        from .runner import describe_plan
+
+        print("\n".join(describe_plan(experiment, args.preset, args.out, only=args.only,
+                                       rounds=args.rounds)))
+        return 0
     if action == "reproduce":
         run_experiment(experiment, args.preset, args.out, engine=getattr(args, "engine",
                        "inprocess"), jobs=getattr(args, "jobs", 1),

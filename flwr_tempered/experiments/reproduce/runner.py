@@ -64,6 +64,38 @@ def experiment_cases(experiment: str, preset: str, rounds: int | None = None,
     return shortened
 
 
+def selected_cases(experiment: str, preset: str, only: Sequence[str] = (),
+                   rounds: int | None = None, eval_every: int | None = None) -> list[Case]:
+    """The runs a sweep would make: :func:`experiment_cases`, restricted to the cases
+    whose key contains one of ``only`` (an error if none does)."""
+    cases = experiment_cases(experiment, preset, rounds, eval_every)
+    if only:
+        cases = [c for c in cases if any(part in c.key for part in only)]
+        if not cases:
+            raise ValueError(f"no case of {experiment} matches {', '.join(only)}")
+    return cases
+
+
+def describe_plan(experiment: str, preset: str = "cpu", root: str | Path = DEFAULT_ROOT,
+                  *, only: Sequence[str] = (), rounds: int | None = None) -> list[str]:
+    """What ``reproduce`` would do, one line per run (its settings, and whether it is
+    already done), without running anything: to check a preset before paying for it."""
+    cases = selected_cases(experiment, preset, only, rounds)
+    base = experiment_folder(root, experiment, preset)
+    lines = [f"{experiment} ({preset} preset): {len(cases)} runs -> {base}"]
+    for case in cases:
+        state = "done" if is_done(base / case.key, case) else "to run"
+        setting = case.labels.get("setting")
+        if isinstance(setting, ConsensusSetting):
+            what = f"consensus chain, {setting.rounds} steps, rule {case.labels['rule']}"
+        else:
+            c = case.config
+            what = (f"{c.nodes} nodes on {c.topology}, {c.byzantine} Byzantine ({c.attack}), "
+                    f"rule {c.rule}, {c.dataset}/{c.model}, {c.rounds} steps")
+        lines.append(f"  {case.key:<40} {what}  [{state}]")
+    return lines
+
+
 def _fingerprint(case: Case) -> dict[str, Any]:
     setting = case.labels.get("setting")
     if isinstance(setting, ConsensusSetting):
@@ -139,11 +171,7 @@ def run_experiment(experiment: str, preset: str = "cpu", root: str | Path = DEFA
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs!r}")
-    cases = experiment_cases(experiment, preset, rounds, eval_every)
-    if only:
-        cases = [c for c in cases if any(part in c.key for part in only)]
-        if not cases:
-            raise ValueError(f"no case of {experiment} matches {', '.join(only)}")
+    cases = selected_cases(experiment, preset, only, rounds, eval_every)
     base = experiment_folder(root, experiment, preset)
     base.mkdir(parents=True, exist_ok=True)
     pending = [c for c in cases if not is_done(base / c.key, c)]
