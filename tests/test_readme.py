@@ -98,6 +98,10 @@ EXERCISES: dict[str, Exercise] = {
         Exercise("shortened", '--run-config "rounds=1"'),
     "flwr run": Exercise("name"),
     # GPU use
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . --stream --federation-config "
+    "\"num-supernodes=16 client-resources-num-cpus=1 client-resources-num-gpus=0.25\"":
+        Exercise("shortened", '--federation-config "client-resources-num-gpus=0" '
+                              '--run-config "rounds=1 out=\'results/flwr-gpu\'"'),
     "flwr-tempered run --num-gpus 0.25": Exercise(
         "covered",
         test="tests/test_cli.py::test_num_gpus_and_cpus_become_each_nodes_ray_resources"),
@@ -330,7 +334,8 @@ def test_readme_commands_run_shortened(tmp_path: Path, flwr_home: Path) -> None:
     assert "validators    16 (f = 5, quorum 11)" in printed[
         "flwr-tempered ledger show results/demo"]
     assert "findings of the papers" in printed["flwr-tempered plot honest_majority"]
-    assert (sandbox / "results" / "flwr-run" / "metrics.jsonl").exists()
+    for run in ("flwr-run", "flwr-gpu"):  # the two `flwr run .` commands
+        assert (sandbox / "results" / run / "metrics.jsonl").exists(), run
     assert "| median |" in printed[next(c for c in printed if "robustness_table" in c)]
 
 
