@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,6 +41,16 @@ def wait_for_port(port: int, seconds: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
 
 
+def readme_connection(address: str) -> tuple[str, str]:
+    """The README's ``~/.flwr/config.toml`` block, pointed at ``address``: (the connection's
+    name, the file's text). The test uses the README's own text, so that it cannot drift."""
+    block = re.search(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
+    assert block, "README.md lost its config.toml block"
+    name = re.search(r"^\[superlink\.([\w-]+)\]$", block.group(1), re.MULTILINE)
+    assert name and "COORDINATOR:8000" in block.group(1)
+    return name.group(1), block.group(1).replace("COORDINATOR:8000", address)
+
+
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     """A SuperLink and four SuperNodes (partition ids 0..3); yields (env, home)."""
@@ -63,10 +74,9 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
                  "--port", str(free_port())],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             ))
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
-            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-        )
+        name, connection = readme_connection(f"127.0.0.1:{port}")
+        (home / "config.toml").write_text(connection)
+        env["FEDERATION"] = name
         yield env, tmp_path
     finally:
         for process in processes:
@@ -93,7 +103,7 @@ def test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes(
         f"out='{out}'"
     )
     result = subprocess.run(
-        ["flwr", "run", str(REPO), "test", "--stream", "--run-config", run_config],
+        ["flwr", "run", str(REPO), env["FEDERATION"], "--stream", "--run-config", run_config],
         env=env, capture_output=True, text=True, timeout=400, check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -77,6 +77,12 @@ class Exercise:
     test: str = ""  # "tests/<file>.py::<test function>" for "covered"
 
 
+RAY_CLUSTER = Exercise(
+    "covered", test="tests/test_scaling_out.py::"
+                    "test_a_run_joins_the_ray_cluster_named_by_ray_address")
+DEPLOYMENT = Exercise(
+    "covered", test="tests/test_deployment.py::"
+                    "test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes")
 DEMO = ("flwr-tempered run --topology erdos_renyi --nodes 16 --byzantine 3 --rule balance "
         "--attack alie --attack-arg z=10 --rounds 20 --dataset mnist-5k --out results/demo")
 EXERCISES: dict[str, Exercise] = {
@@ -115,30 +121,17 @@ EXERCISES: dict[str, Exercise] = {
         "shortened", "--strategies median --attacks alie --rounds 1 "
                      "--model logistic_regression"),
     # Scaling out
-    "ray start --head --port 6379": Exercise(
-        "covered", test="tests/test_scaling_out.py::"
-                        "test_a_run_joins_the_ray_cluster_named_by_ray_address"),
-    "ray start --address HEAD_IP:6379": Exercise(
-        "covered", test="tests/test_scaling_out.py::"
-                        "test_a_run_joins_the_ray_cluster_named_by_ray_address"),
+    "ray start --head --port 6379": RAY_CLUSTER,
+    "ray start --address HEAD_IP:6379": RAY_CLUSTER,
     "RAY_ADDRESS=HEAD_IP:6379 flwr-tempered run --exchange inline --nodes 64 --num-cpus 2":
-        Exercise("covered", test="tests/test_scaling_out.py::"
-                                 "test_a_run_joins_the_ray_cluster_named_by_ray_address"),
-    "ray start --head": Exercise(
-        "covered", test="tests/test_scaling_out.py::"
-                        "test_a_run_joins_the_ray_cluster_named_by_ray_address"),
-    "flower-superlink --insecure --host 0.0.0.0 --port 8000": Exercise(
-        "covered", test="tests/test_deployment.py::"
-                        "test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes"),
+        RAY_CLUSTER,
+    "ray start --head": RAY_CLUSTER,
+    "flower-superlink --insecure --host 0.0.0.0 --port 8000": DEPLOYMENT,
     "flower-supernode --insecure --superlink COORDINATOR:8000 --node-config "
-    "\"partition-id=0 num-partitions=4\" --port 9094": Exercise(
-        "covered", test="tests/test_deployment.py::"
-                        "test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes"),
+    "\"partition-id=0 num-partitions=4\" --port 9094": DEPLOYMENT,
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . federation --stream "
     "--run-config \"nodes=4 byzantine=1 topology='ring' topology-args='{}' "
-    "exchange='inline'\"": Exercise(
-        "covered", test="tests/test_deployment.py::"
-                        "test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes"),
+    "exchange='inline'\"": DEPLOYMENT,
     # Ledger (reads the results of DEMO above)
     "flwr-tempered ledger verify results/demo": Exercise("shortened"),
     "flwr-tempered ledger show results/demo": Exercise("shortened"),
