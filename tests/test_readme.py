@@ -355,3 +355,31 @@ def test_readme_bash_commands_use_real_subcommands() -> None:
             if "flwr-tempered" not in words or "--help" in words:  # --help exits by design
                 continue
             parser.parse_args(words[words.index("flwr-tempered") + 1:])
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_point_at_existing_headings_and_files() -> None:
+    text = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
+        slug, n = _slug(heading), 1
+        while slug in anchors:  # GitHub numbers repeated headings: x, x-1, x-2
+            slug, n = f"{_slug(heading)}-{n}", n + 1
+        anchors.add(slug)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert len(links) > 10
+    for link in links:
+        if link.startswith("http"):
+            continue
+        path, _, anchor = link.partition("#")
+        if path:
+            assert (ROOT / path).exists(), f"README links to a missing file: {link}"
+        if anchor and not path:
+            assert anchor in anchors, f"README links to a missing heading: {link}"
+        if anchor and path.endswith(".md"):
+            target = (ROOT / path).read_text()
+            assert anchor in {_slug(h) for h in re.findall(r"^#+ (.+)$", target, re.M)}, link
