@@ -47,6 +47,9 @@ class NodeState:
     sampler: dict[str, Any] = field(default_factory=dict)
     rule: dict[str, Any] = field(default_factory=dict)
     attack: dict[str, Any] = field(default_factory=dict)
+    #: The model the node started its latest local training from, kept only for attacks
+    #: that reverse the node's own update (``needs_own_previous``, e.g. sign flip).
+    training_start: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,6 @@ class TargetInputs:
     honest_neighbors: Sequence[int]
     honest_models: Sequence[np.ndarray]
     previous: np.ndarray | None = None
-
-
-#: Key of the attacker's training-start model inside ``NodeState.attack``.
-TRAINING_START_KEY = "training_start"
 
 
 def build_rule(config: RunConfig) -> Rule:
@@ -116,9 +115,6 @@ class Node:
         if self.byzantine and config.attack != "none":
             self.attack = build_attack(config, position)
         self._honest_rule: Rule | None = None
-        #: The model this node started its latest local training from, kept for attacks
-        #: that reverse the node's own update (``needs_own_previous``, e.g. sign flip).
-        self._training_start: Tensor | None = None
         initial = self.task.initial_parameters()
         self.state = NodeState(params=initial, momentum=torch.zeros_like(initial))
 
@@ -137,11 +133,7 @@ class Node:
         if self.rule is not None and state.rule:
             self.rule.load_state_dict(state.rule)
         if self.attack is not None and state.attack:
-            attack_state = dict(state.attack)
-            start = attack_state.pop(TRAINING_START_KEY, None)
-            self._training_start = None if start is None else torch.as_tensor(start)
-            if attack_state:
-                self.attack.load_state_dict(attack_state)
+            self.attack.load_state_dict(state.attack)
 
     def save_state(self) -> NodeState:
         """The node's state to persist until the next round."""
@@ -150,8 +142,6 @@ class Node:
             self.state.rule = self.rule.state_dict()
         if self.attack is not None:
             self.state.attack = self.attack.state_dict()
-            if self._training_start is not None:
-                self.state.attack[TRAINING_START_KEY] = self._training_start
         return self.state
 
     # ------------------------------------------------------------------------ round
@@ -194,7 +184,7 @@ class Node:
         """Local training from the current model; the result is what the node sends."""
         transform = self.attack.poison if isinstance(self.attack, DataPoisoningAttack) else None
         if self.attack is not None and self.attack.needs_own_previous:
-            self._training_start = self.state.params.detach().clone()
+            self.state.training_start = self.state.params.detach().clone()
         params, momentum, metrics = self.task.train(self.state.params, self.state.momentum,
                                                     transform)
         self.state.params, self.state.momentum = params, momentum
@@ -243,13 +233,9 @@ class Node:
             ))
         if not views:
             return {}
-        own_previous = self._training_start
-        if own_previous is not None and own_previous.shape != self.state.params.shape:
-            own_previous = None
         view = AttackView(own=self.state.params, targets=views, round=round,
                           total_rounds=self.world.config.rounds,
-                          own_previous=None if own_previous is None
-                          else own_previous.to(self.state.params.dtype))
+                          own_previous=self.state.training_start)
         crafted = self.attack(view)
         return {v.node: row.detach().numpy().copy()
                 for v, row in zip(views, crafted, strict=True)}

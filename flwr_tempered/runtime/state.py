@@ -52,6 +52,8 @@ def save_node_state(state: NodeState, records: RecordDict) -> None:
         "params": state.params.detach().cpu().numpy(),
         "momentum": state.momentum.detach().cpu().numpy(),
     }
+    if state.training_start is not None:
+        arrays["training_start"] = state.training_start.detach().cpu().numpy()
     scalars = {name: _split(name, getattr(state, name), arrays) for name in _SECTIONS}
     records[ARRAYS_KEY] = _array_record(arrays)
     records[SCALARS_KEY] = ConfigRecord({"json": json.dumps(scalars)})
@@ -74,5 +76,7 @@ def load_node_state(records: RecordDict) -> NodeState | None:
     return NodeState(
         params=torch.from_numpy(np.array(arrays["params"])),
         momentum=torch.from_numpy(np.array(arrays["momentum"])),
+        training_start=torch.from_numpy(np.array(arrays["training_start"]))
+        if "training_start" in arrays else None,
         **{name: _join(name, scalars[name], arrays) for name in _SECTIONS},
     )
