@@ -90,13 +90,12 @@ class MultiKrum(RobustFedAvg):
         self.num_nodes_to_select = num_nodes_to_select
 
 
-class Krum(MultiKrum):
+class Krum(RobustFedAvg):
     """Krum: the single model with the best Krum score (Flower's ``Krum``)."""
 
     def __init__(self, num_malicious_nodes: int = 0, **fedavg_options: Any) -> None:
-        super().__init__(num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1,
-                         **fedavg_options)
-        self.rule = aggregators.Krum(f=num_malicious_nodes)  # same maths; logs as "krum"
+        super().__init__(aggregators.Krum(f=num_malicious_nodes), **fedavg_options)
+        self.num_malicious_nodes = num_malicious_nodes
 
 
 class Bulyan(RobustFedAvg):
