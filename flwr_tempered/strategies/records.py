@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from flwr_tempered.aggregators.base import finite_rows
+
 __all__ = [
     "ArrayLayout",
     "ModelLayout",
@@ -263,12 +265,9 @@ def screen_replies(
     for row, (_, record, _) in enumerate(passed):
         layout.fill_row(matrix[row], record)
     models = torch.from_numpy(matrix)
-    finite = torch.isfinite(models.sum(dim=1)) if len(passed) else torch.ones(0, dtype=torch.bool)
+    finite = finite_rows(models)
     for row in (~finite).nonzero().flatten().tolist():
-        if not bool(torch.isfinite(models[row]).all()):
-            dropped.append((passed[row][0], "the model holds non-finite values (NaN or Inf)"))
-        else:
-            finite[row] = True
+        dropped.append((passed[row][0], "the model holds non-finite values (NaN or Inf)"))
     keep = finite.nonzero().flatten()
     accepted = [passed[row][0] for row in keep.tolist()]
     weights = torch.tensor([passed[row][2] for row in keep.tolist()], dtype=models.dtype)
