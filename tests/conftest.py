@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from process_groups import free_port
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
@@ -34,12 +34,6 @@ def stop_flower_processes(flwr_home: Path) -> None:
             continue
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def flwr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh ``FLWR_HOME`` for ``flwr run``; its background processes are stopped after.
@@ -49,7 +43,7 @@ def flwr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     hand the run to any SuperLink already listening there, with another working folder.
     """
     home = tmp_path / "flwr-home"
-    monkeypatch.setenv("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(_free_port()))
-    monkeypatch.setenv("FLWR_LOCAL_CONTROL_API_PORT", str(_free_port()))
+    monkeypatch.setenv("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(free_port()))
+    monkeypatch.setenv("FLWR_LOCAL_CONTROL_API_PORT", str(free_port()))
     yield home
     stop_flower_processes(home)

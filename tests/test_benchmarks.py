@@ -11,27 +11,25 @@ from flwr_tempered.aggregators import available_rules
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_aggregator_benchmark_prints_a_row_for_every_rule() -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/aggregators.py", "--k", "8", "--d", "100",
-         "--repeats", "1"],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
-    )
+def run_benchmark(script: str, *args: str) -> list[str]:
+    """Run ``script`` (a path in the repository) with ``args``; return its table rows (it
+    must exit 0 and start by describing the machine)."""
+    result = subprocess.run([sys.executable, script, *args], cwd=ROOT,
+                            capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert result.stdout.startswith("machine: ")
+    return [line for line in result.stdout.splitlines() if line.startswith("| ")]
+
+
+def test_aggregator_benchmark_prints_a_row_for_every_rule() -> None:
+    rows = run_benchmark("benchmarks/aggregators.py", "--k", "8", "--d", "100", "--repeats", "1")
     for name in available_rules():
         assert any(line.startswith(f"| {name} |") for line in rows), name
-    assert result.stdout.startswith("machine: ")
 
 
 def test_server_strategy_benchmark_prints_a_row_for_every_strategy() -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/server_strategies.py", "--k", "8", "--d", "64",
-         "--repeats", "1"],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    rows = run_benchmark("benchmarks/server_strategies.py", "--k", "8", "--d", "64",
+                         "--repeats", "1")
     for name in ["RobustFedAvg(mean) vs FedAvg", "Median vs FedMedian",
                  "TrimmedMean(beta=0.2) vs FedTrimmedAvg(beta=0.2)", "Krum",
                  "MultiKrum(m=k/2)", "Bulyan(selection=multi_krum) vs Bulyan",
@@ -44,4 +42,3 @@ def test_server_strategy_benchmark_prints_a_row_for_every_strategy() -> None:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if cells[0].split()[0] in ("RobustFedAvg(mean)", "Median", "TrimmedMean(beta=0.2)"):
             assert float(cells[6]) < 1e-5, line
-    assert result.stdout.startswith("machine: ")

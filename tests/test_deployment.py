@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -19,16 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from process_groups import free_port, stop_groups
 
 pytestmark = pytest.mark.end_to_end
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(port: int, seconds: float) -> None:
@@ -79,15 +73,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
         env["FEDERATION"] = name
         yield env, tmp_path
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_groups(processes, seconds=30)
         log.close()
 
 

@@ -38,7 +38,6 @@ def test_notebook_is_committed_without_outputs_and_states_its_purpose(path: Path
 def test_notebook_runs_top_to_bottom_in_time(path: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("FLWR_TEMPERED_NOTEBOOK_TEST", "1")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=TIME_LIMIT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

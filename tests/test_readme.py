@@ -40,6 +40,14 @@ def _blocks(language: str, text: str = README) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
+def _marked(marker: str) -> str:
+    """The command in the README's bash block marked ``<!-- marker -->`` (for .ci/run)."""
+    block = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)\n```\n<!-- /{marker} -->", README,
+                      re.DOTALL)
+    assert block, f"README.md must mark its {marker} for .ci/run"
+    return block.group(1)
+
+
 def _normal(command: str) -> str:
     return " ".join(command.split())
 
@@ -234,44 +242,37 @@ def test_covered_commands_are_run_by_a_test_that_uses_their_options(command: str
     assert not missing, f"{target}'s module never uses {missing} of: {command}"
 
 
+MARKERS = ("main-job-command", "test-command", "end-to-end-command")
+
+
 def test_ci_runs_the_readme_set_up_and_end_to_end_commands_verbatim() -> None:
     script = (ROOT / ".ci" / "run").read_text()
-    marked = dict(re.findall(r"<!-- ([a-z-]+) -->\n```bash\n(.*?)\n```\n<!-- /\1 -->", README,
-                             re.DOTALL))
-    assert set(marked) == {"main-job-command", "test-command", "end-to-end-command"}
-    for marker in ("main-job-command", "end-to-end-command"):
-        assert f"run_marked_command {marker}" in script, marker
-    assert "<!-- test-command -->" in script  # extracted for the main step
+    assert set(re.findall(r"<!-- ([a-z-]+) -->\n```bash\n", README)) == set(MARKERS)
+    for marker in MARKERS:
+        assert f"\nrun_marked_command {marker}\n" in script, marker
     for command in _of_kind("ci"):
         if command == "pip install torch==2.13.0":  # only where torch is missing
             assert "python -m pip install --quiet torch==2.13.0" in script
         elif command == "flwr-tempered run":  # the main job, in prose
-            assert marked["main-job-command"].endswith(f"&& {command}")
+            assert _marked("main-job-command").endswith(f"&& {command}")
         else:
-            assert command in {_normal(c) for c in marked.values()}, command
+            assert command in {_normal(_marked(m)) for m in MARKERS}, command
 
 
-def test_ci_runs_exactly_the_readme_test_command() -> None:
-    marked = re.search(
-        r"<!-- test-command -->\n```bash\n(.*?)\n```\n<!-- /test-command -->", README, re.DOTALL
-    )
-    assert marked, "README.md must mark its test command for .ci/run"
-    # Ask .ci/run's own extraction what it would run, without running it.
+def test_ci_extracts_exactly_the_readme_commands() -> None:
+    # Ask .ci/run's own extraction what it would run, without running anything.
     script = (ROOT / ".ci" / "run").read_text()
-    extraction = script[script.index("test_command=$(") : script.index('if [ -z "$test_command" ]')]
-    probe = extraction + 'printf "%s" "$test_command"\n'
-    result = subprocess.run(["bash", "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                            check=True, env={**os.environ})
-    assert result.stdout == marked.group(1)
+    extraction = script[script.index("readme_command() {"):script.index("run_marked_command() {")]
+    for marker in MARKERS:
+        probe = extraction + f'printf "%s" "$(readme_command {marker})"\n'
+        result = subprocess.run(["bash", "-c", probe], cwd=ROOT, capture_output=True,
+                                text=True, check=True, env={**os.environ})
+        assert result.stdout == _marked(marker), marker
 
 
 def test_the_end_to_end_command_selects_the_long_checks_only() -> None:
-    marked = re.search(
-        r"<!-- end-to-end-command -->\n```bash\n(.*?)\n```\n<!-- /end-to-end-command -->",
-        README, re.DOTALL,
-    )
-    assert marked, "README.md must mark the end-to-end command for .ci/run"
-    collected = _run(f"{marked.group(1)} --collect-only", ROOT, dict(os.environ), 300)
+    collected = _run(f"{_marked('end-to-end-command')} --collect-only", ROOT, dict(os.environ),
+                     300)
     assert collected.returncode == 0, collected.stdout[-2000:]
     for module in ("test_reproduce_findings.py", "test_deployment.py",
                    "test_scaling_out.py::test_a_run_joins",
@@ -357,20 +358,22 @@ def test_readme_bash_commands_use_real_subcommands() -> None:
             parser.parse_args(words[words.index("flwr-tempered") + 1:])
 
 
-def _slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes, and
+    repeated headings numbered (x, x-1, x-2)."""
+    anchors: set[str] = set()
+    text = re.sub(r"```.*?```", "", markdown, flags=re.DOTALL)
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
+        base = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        slug, n = base, 1
+        while slug in anchors:
+            slug, n = f"{base}-{n}", n + 1
+        anchors.add(slug)
+    return anchors
 
 
 def test_readme_links_point_at_existing_headings_and_files() -> None:
-    text = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
-    anchors: set[str] = set()
-    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
-        slug, n = _slug(heading), 1
-        while slug in anchors:  # GitHub numbers repeated headings: x, x-1, x-2
-            slug, n = f"{_slug(heading)}-{n}", n + 1
-        anchors.add(slug)
-    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    links = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", README, flags=re.DOTALL))
     assert len(links) > 10
     for link in links:
         if link.startswith("http"):
@@ -378,8 +381,6 @@ def test_readme_links_point_at_existing_headings_and_files() -> None:
         path, _, anchor = link.partition("#")
         if path:
             assert (ROOT / path).exists(), f"README links to a missing file: {link}"
-        if anchor and not path:
-            assert anchor in anchors, f"README links to a missing heading: {link}"
-        if anchor and path.endswith(".md"):
-            target = (ROOT / path).read_text()
-            assert anchor in {_slug(h) for h in re.findall(r"^#+ (.+)$", target, re.M)}, link
+        if anchor and (not path or path.endswith(".md")):
+            target = README if not path else (ROOT / path).read_text()
+            assert anchor in _anchors(target), f"README links to a missing heading: {link}"

@@ -12,12 +12,9 @@ those groups (``ray stop`` would stop every Ray instance on the machine).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,29 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL what is left of it (Ray's GCS server and
-    raylet do not always exit on SIGTERM)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            continue
-        time.sleep(1)  # the group's other members may still be exiting
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+from process_groups import free_port, stop_groups
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -81,8 +56,7 @@ def ray_cluster() -> Iterator[tuple[str, Path]]:
                   folder / "worker.log")
         yield address, folder / "ray"
     finally:
-        for process in reversed(processes):
-            stop_group(process)
+        stop_groups(processes)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -103,9 +103,9 @@ def plot_comparison(folders: Mapping[str, str | Path], path: str | Path) -> Path
         raise ValueError("plot_comparison needs at least one results folder")
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
-    colours = [f"C{index}" for index in range(len(folders))]
     title = ""
-    for (label, folder), colour in zip(folders.items(), colours, strict=True):
+    for index, (label, folder) in enumerate(folders.items()):
+        colour = f"C{index}"
         metrics = [m for m in read_metrics(folder) if m.get("accuracy_mean") is not None]
         if not metrics:
             raise ValueError(f"no evaluated round in {Path(folder) / METRICS_FILE}")
