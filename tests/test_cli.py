@@ -101,6 +101,29 @@ def test_run_prints_a_summary_next_to_gossip(
     assert "accuracy_mean" in captured.out
     assert "round    2/2" in captured.err
     assert (out / "metrics.jsonl").exists() and (tmp_path / "run-gossip" / "metrics.jsonl").exists()
+    assert f"accuracy of both rules: {out / 'comparison.png'}" in captured.out
+    assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_plot_comparison_draws_every_run_and_names_a_run_without_evaluations(
+    tmp_path: Path,
+) -> None:
+    from flwr_tempered.experiments.results import plot_comparison
+
+    for name, accuracy in (("a", 0.9), ("b", 0.1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(
+            json.dumps({"round": r, "accuracy_mean": accuracy, "accuracy_min": accuracy / 2})
+            + "\n" for r in range(3)))
+    picture = plot_comparison({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "c.png")
+    assert picture == tmp_path / "c.png" and picture.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="at least one"):
+        plot_comparison({}, tmp_path / "d.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text(
+        json.dumps({"round": 0, "accuracy_mean": None}) + "\n")
+    with pytest.raises(ValueError, match=r"no evaluated round in .*empty"):
+        plot_comparison({"a": tmp_path / "a", "empty": tmp_path / "empty"}, tmp_path / "e.png")
 
 
 def test_num_gpus_and_cpus_become_each_nodes_ray_resources(
