@@ -133,7 +133,7 @@ EXERCISES: dict[str, Exercise] = {
     "ray start --address HEAD_IP:6379": RAY_CLUSTER,
     "RAY_ADDRESS=HEAD_IP:6379 flwr-tempered run --exchange inline --nodes 64 --num-cpus 2":
         RAY_CLUSTER,
-    "ray start --head": RAY_CLUSTER,
+    "ray start --address": RAY_CLUSTER,
     "flower-superlink --insecure --host 0.0.0.0 --port 8000": DEPLOYMENT,
     "flower-supernode --insecure --superlink COORDINATOR:8000 --node-config "
     "\"partition-id=0 num-partitions=4\" --port 9094": DEPLOYMENT,
