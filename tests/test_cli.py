@@ -108,7 +108,7 @@ def test_run_prints_a_summary_next_to_gossip(
 def test_plot_comparison_draws_every_run_and_names_a_run_without_evaluations(
     tmp_path: Path,
 ) -> None:
-    from flwr_tempered.experiments.results import plot_comparison
+    from flwr_tempered.results import plot_comparison
 
     for name, accuracy in (("a", 0.9), ("b", 0.1)):
         (tmp_path / name).mkdir()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flwr_tempered.experiments.results import (
+from flwr_tempered.results import (
     CONFIG_FILE,
     METRICS_FILE,
     PLOT_FILE,

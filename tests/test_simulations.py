@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flwr_tempered.experiments.reproduce.runner import experiment_cases
-from flwr_tempered.experiments.results import read_metrics
+from flwr_tempered.results import read_metrics
 from flwr_tempered.node import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -168,7 +168,7 @@ def _add_run_parser(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from flwr_tempered.experiments.results import COMPARISON_FILE, plot_comparison, read_metrics
+    from flwr_tempered.results import COMPARISON_FILE, plot_comparison, read_metrics
     from flwr_tempered.experiments.simulate import print_progress, simulate
     from flwr_tempered.node import RunConfig
     from flwr_tempered.runtime.server import default_results_folder

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
-from flwr_tempered.experiments.results import RunResults, plot_run
+from flwr_tempered.results import RunResults, plot_run
 from flwr_tempered.node import Node, RunConfig, TargetInputs, build_world
 
 from .summary import audit_models, metrics_line

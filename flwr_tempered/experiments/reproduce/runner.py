@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from flwr_tempered.experiments.results import CONFIG_FILE, RunResults
+from flwr_tempered.results import CONFIG_FILE, RunResults
 from flwr_tempered.node import RunConfig
 
 from .catalog import Case, get_experiment
@@ -209,7 +209,7 @@ def load_results(experiment: str, preset: str = "cpu", root: str | Path = DEFAUL
     """The finished cases of ``experiment`` and their metrics lines (cases not run yet are
     left out), from the results files only (a shortened run counts too: its metrics say
     how many iterations it ran)."""
-    from flwr_tempered.experiments.results import read_metrics
+    from flwr_tempered.results import read_metrics
 
     base = experiment_folder(root, experiment, preset)
     found = []
