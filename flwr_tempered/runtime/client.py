@@ -43,7 +43,7 @@ from .protocol import (
     REPORT,
 )
 from .state import load_node_state, save_node_state
-from .summary import audit_models
+from flwr_tempered.node.summary import audit_models
 
 #: Run-config keys that configure the harness, not the run itself.
 HARNESS_KEYS = ("out", "store")

@@ -28,7 +28,7 @@ from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
 from flwr_tempered.results import RunResults, plot_run
 from flwr_tempered.node import Node, RunConfig, TargetInputs, build_world
 
-from .summary import audit_models, metrics_line
+from flwr_tempered.node.summary import audit_models, metrics_line
 
 ProgressCallback = Callable[[dict[str, Any], RunConfig], None]
 

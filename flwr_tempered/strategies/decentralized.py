@@ -48,7 +48,7 @@ from flwr_tempered.runtime.protocol import (
     REPORT,
     TRAIN,
 )
-from flwr_tempered.runtime.summary import metrics_line
+from flwr_tempered.node.summary import metrics_line
 
 #: How long to wait for the expected nodes to appear after start.
 NODE_WAIT_SECONDS = 60.0

@@ -1,6 +1,6 @@
 """What a round amounts to: the audit of the honest models and the round's metrics line.
 
-Both runtimes use these (the Flower relay and the in-process loop), so a run's
+Every engine uses these (the Flower relay, the per-node loop and the batched engine), so a run's
 ``metrics.jsonl`` has the same keys and values whichever carried the messages.
 """
 

@@ -1,0 +1,516 @@
+"""The batched engine: a whole decentralized run as tensors on one device.
+
+Every node's parameters and momentum are rows of ``[N, d]`` tensors; the graph is a
+padded neighbour table with mixing weights; the data stays on the device and each node's
+batches are gathered by index. A round does what the per-node runtime
+(:func:`~flwr_tempered.runtime.inprocess.run_in_process`) does, in its order, for all
+nodes at once:
+
+1. honest nodes aggregate what they received (a batched rule, chunk by chunk);
+2. on evaluation rounds, honest nodes and the averages of their models are tested;
+3. every node takes its local SGD steps (vmap or a node loop, see
+   :mod:`~flwr_tempered.engine.functional`), data-poisoning attackers on poisoned
+   batches;
+4. model-poisoning attackers craft one vector per (attacker, target) edge from the
+   omniscient view (index operations on the stacked tensors).
+
+Rules and attacks without a batched version fall back to the per-node objects (same
+results by construction). Nothing leaves the device between rounds except the metrics
+of evaluation rounds. The results folder is the per-node runtime's: ``config.json``,
+``metrics.jsonl``, ``timings.json`` and ``accuracy.png``.
+
+Equivalence with the per-node engine holds up to float rounding for models without
+dropout. With dropout, each node's dropout masks come from a different random stream
+(vmap draws per-node masks from the global generator in one call; the per-node engine
+draws them node after node), so the two engines' runs differ like two seeds of dropout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flwr_tempered.aggregators import Rule
+from flwr_tempered.attacks import (
+    AttackBase,
+    AttackView,
+    DataPoisoningAttack,
+    ModelPoisoningAttack,
+    TargetView,
+)
+from flwr_tempered.models import default_device
+from flwr_tempered.node import RunConfig, build_world
+from flwr_tempered.node.node import build_attack, build_rule
+from flwr_tempered.node.summary import metrics_line
+from flwr_tempered.node.task import AUGMENT_SEED_OFFSET
+from flwr_tempered.results import RunResults, plot_run
+from flwr_tempered.training import CropFlip
+
+from . import attacks_batched, rules_averaging, rules_order  # noqa: F401  (registration)
+from .attacks_batched import build_attack_inputs
+from .contracts import (
+    AttackInputs,
+    BatchedAttack,
+    BatchedRule,
+    PerNodeRule,
+    RuleInputs,
+    batched_attack_class,
+    batched_rule_class,
+)
+from .functional import FlatModel, choose_step_mode
+from .memory import MemoryPlan, activation_elements, default_budget, plan_memory
+from .samplers import StackedSamplers
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[dict[str, Any], RunConfig], None]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the batched engine runs (none of it changes the results).
+
+    Attributes:
+        device: where the run lives (default: CUDA when available, else the CPU).
+        step_mode: ``auto``, ``vmap`` or ``loop`` (see
+            :func:`~flwr_tempered.engine.functional.choose_step_mode`).
+        memory_budget: bytes the run may plan with (default: 80 % of the device's free
+            memory); nodes are processed in chunks that fit it.
+        fallback: ``True`` to force the per-node rule and attack objects (for checks).
+    """
+
+    device: torch.device | str | None = None
+    step_mode: str = "auto"
+    memory_budget: int | None = None
+    fallback: bool = False
+
+
+class BatchedEngine:
+    """One run of ``config`` with every node stepped as one computation."""
+
+    def __init__(self, config: RunConfig, options: EngineOptions | None = None) -> None:
+        if config.ledger or config.faults:
+            raise ValueError("the batched engine has no messages to sign or corrupt: set "
+                             "ledger=False and no faults, or run through Flower (simulate)")
+        options = options or EngineOptions()
+        self.config = config
+        self.options = options
+        self.device = torch.device(options.device) if options.device is not None \
+            else default_device()
+        world = build_world(config)
+        self.world = world
+        self.topology = topology = world.topology
+        self.n = topology.n
+        self.byzantine = sorted(topology.byzantine)
+        self.honest_mask = torch.ones(self.n, dtype=torch.bool, device=self.device)
+        self.honest_mask[self.byzantine] = False
+        dataset = world.dataset
+        self.train_images = dataset.train_images.to(self.device)
+        self.train_labels = dataset.train_labels.to(self.device)
+        self.test_images = dataset.test_images.to(self.device)
+        self.test_labels = dataset.test_labels.to(self.device)
+        self._build_shards(world.partitions)
+        self.flat = FlatModel(world.new_model(), self.device)
+        self.mode = choose_step_mode(self.flat.model, self.device, options.step_mode)
+        initial = world.initial_parameters.to(self.device)
+        self.params = initial.unsqueeze(0).repeat(self.n, 1)
+        self.momentum = torch.zeros_like(self.params)
+        self.rounds_trained = torch.zeros(self.n, dtype=torch.int64)
+        self._build_graph()
+        self._build_rule(options.fallback)
+        self._build_attacks(options.fallback)
+        self.plan = self._plan_memory(options.memory_budget)
+        logger.info("batched engine on %s, %s steps; %s", self.device, self.mode,
+                    self.plan.describe())
+
+    # -------------------------------------------------------------------- set-up
+    def _build_shards(self, partitions: tuple[Any, ...]) -> None:
+        sizes = [len(p) for p in partitions]
+        width = max(sizes)
+        shards = torch.zeros(self.n, width, dtype=torch.int64)
+        for node, part in enumerate(partitions):
+            shards[node, :len(part)] = torch.as_tensor(part, dtype=torch.int64)
+        self.shards = shards.to(self.device)
+        seeds = [self.config.seed * 100_003 + p for p in range(self.n)]
+        self.samplers = StackedSamplers(sizes, self.config.batch_size, seeds)
+        self.augmenters: list[CropFlip] | None = None
+        if self.config.augment == "crop_flip":
+            self.augmenters = [CropFlip(seed=s + AUGMENT_SEED_OFFSET) for s in seeds]
+
+    def _build_graph(self) -> None:
+        """The padded neighbour table (topology order), its mask and mixing weights."""
+        topology = self.topology
+        lists = [topology.neighbors(p) for p in range(self.n)]
+        self.max_degree = max(1, max(len(row) for row in lists))
+        neighbours = torch.zeros(self.n, self.max_degree, dtype=torch.int64)
+        mask = torch.zeros(self.n, self.max_degree, dtype=torch.bool)
+        weights = torch.zeros(self.n, self.max_degree, dtype=torch.float64)
+        mixing = torch.as_tensor(topology.mixing, dtype=torch.float64)
+        for p, row in enumerate(lists):
+            neighbours[p, :len(row)] = torch.tensor(row, dtype=torch.int64)
+            mask[p, :len(row)] = True
+            weights[p, :len(row)] = mixing[p, row]
+        self.neighbours = neighbours.to(self.device)
+        self.neighbour_mask = mask.to(self.device)
+        self.neighbour_weights = weights.to(self.device)
+
+    def _build_rule(self, fallback: bool) -> None:
+        config = self.config
+        self.count_rule = build_rule(config)
+        batched = None if fallback else batched_rule_class(self.count_rule)
+        self.rule: BatchedRule
+        if batched is not None:
+            try:
+                self.rule = batched(build_rule(config), self.n, self.device, self._losses)
+                return
+            except NotImplementedError:
+                pass
+        self.rule = PerNodeRule(self._per_node_rule, self.n, self.device)
+
+    def _per_node_rule(self, position: int) -> Rule:
+        rule = build_rule(self.config)
+        if hasattr(rule, "bind_loss") and position >= 0:
+            rule.bind_loss(lambda vector: float(self._losses(
+                torch.tensor([position], device=self.device),
+                vector.to(self.device).reshape(1, 1, -1))[0, 0]))
+        return rule
+
+    def _build_attacks(self, fallback: bool) -> None:
+        config = self.config
+        self.attacks: dict[int, AttackBase] = {}
+        if config.byzantine > 0 and config.attack != "none":
+            self.attacks = {a: build_attack(config, a) for a in self.byzantine}
+        first = next(iter(self.attacks.values()), None)
+        self.poisoning = isinstance(first, ModelPoisoningAttack)
+        self.data_poisoners = {a: attack for a, attack in self.attacks.items()
+                               if isinstance(attack, DataPoisoningAttack)}
+        self.crafter: BatchedAttack | None = None
+        self.needs_previous = False
+        if first is None or not self.poisoning:
+            return
+        try:
+            target_rule: Rule | None = build_rule(config)
+        except ValueError:
+            target_rule = None
+        self.target_rule = target_rule
+        self.needs_previous = bool(first.uses_previous or first.needs_previous
+                                   or first.needs_own_previous)
+        batched = None if fallback else batched_attack_class(first)
+        if batched is not None:
+            try:
+                self.crafter = batched(self.attacks, self.device, target_rule)
+            except NotImplementedError:
+                self.crafter = None
+
+    def _plan_memory(self, budget: int | None) -> MemoryPlan:
+        element = self.params.element_size()
+        sample = self.train_images[:1]
+        activations = activation_elements(self.flat.model, sample)
+        data_bytes = sum(t.numel() * t.element_size() for t in (
+            self.train_images, self.train_labels, self.test_images, self.test_labels,
+            self.shards))
+        edges = sum(len(self.topology.neighbors(a)) for a in self.byzantine) \
+            if self.poisoning else 0
+        plan = plan_memory(
+            num_nodes=self.n, dimension=self.flat.dimension, element_size=element,
+            max_degree=self.max_degree, edges=edges, batch_size=self.config.batch_size,
+            activations_per_sample=activations, data_bytes=data_bytes,
+            budget=budget if budget is not None else default_budget(self.device))
+        if self.crafter is not None:
+            self.crafter.max_elements = max(
+                self.flat.dimension * (self.max_degree + 1),
+                plan.chunk * plan.per_node // element)
+        return plan
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, out: str | Path | None = None, *, progress: ProgressCallback | None = None,
+            plot: bool = True) -> list[dict[str, Any]]:
+        """Run every round; return the metrics lines (and write the results folder)."""
+        config = self.config
+        results = RunResults(out) if out is not None else None
+        if results is not None:
+            results.write_config(config.to_dict())
+        sources: Tensor | None = None        # [N + E, d] what was sent last round
+        slot_source: Tensor | None = None    # [N, K] row of ``sources`` per slot, -1 none
+        history: list[dict[str, Any]] = []
+        timings: list[dict[str, float]] = []
+        for message_round in range(1, config.rounds + 2):
+            t = message_round - 1
+            evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
+            train = message_round <= config.rounds
+            start = time.perf_counter()
+            node_metrics: dict[int, dict[str, float]] = {
+                p: {"received": 0.0} for p in range(self.n)}
+            dropped = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+            if sources is not None and slot_source is not None:
+                dropped = self._aggregate(sources, slot_source, t, node_metrics, evaluate)
+            sources = slot_source = None
+            active = ~dropped
+            previous = self.params.clone() if train and self.needs_previous else None
+            audit: dict[str, float] = {}
+            if evaluate:
+                audit = self._evaluate(active, node_metrics)
+            if train:
+                self._train(active, node_metrics, evaluate)
+                sources, slot_source = self._send(active, previous, t + 1)
+            timings.append({"round": float(t), "total_s": time.perf_counter() - start})
+            if evaluate:
+                line = self._metrics_line(t, node_metrics, dropped, audit)
+                history.append(line)
+                if results is not None:
+                    results.append_metrics(line)
+                if progress is not None:
+                    progress(line, config)
+            if not train:
+                break
+        if results is not None:
+            results.write_timings(timings)
+            if plot:
+                plot_run(results.folder)
+        return history
+
+    # -------------------------------------------------------------- aggregation
+    def _aggregate(self, sources: Tensor, slot_source: Tensor, round: int,
+                   node_metrics: dict[int, dict[str, float]], evaluate: bool) -> Tensor:
+        """Honest nodes aggregate; returns the mask of nodes dropped for the round."""
+        present = (slot_source >= 0) & self.neighbour_mask
+        counts = present.sum(dim=1)
+        candidates = self.honest_mask & (counts > 0)
+        dropped = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        for count in counts[candidates].unique().tolist():
+            try:
+                self.count_rule.check_input_count(int(count))
+            except ValueError:
+                dropped |= candidates & (counts == count)
+        finite_own = torch.isfinite(self.params).all(dim=1)
+        dropped |= candidates & ~finite_own
+        aggregating = (candidates & ~dropped).nonzero().flatten()
+        counts_list = counts.tolist()
+        for p in range(self.n):
+            node_metrics[p]["received"] = float(counts_list[p])
+            if counts_list[p] and p not in self.topology.byzantine:
+                node_metrics[p]["rejected_malformed"] = 0.0
+        zeros = torch.zeros(self.n, dtype=torch.int64, device=self.device)
+        for lo in range(0, aggregating.numel(), self.plan.chunk):
+            nodes = aggregating[lo:lo + self.plan.chunk]
+            mask = present[nodes]
+            index = slot_source[nodes].clamp(min=0)
+            received = sources[index] * mask.unsqueeze(2).to(sources.dtype)
+            slot_weights = torch.where(mask, self.neighbour_weights[nodes],
+                                       torch.zeros_like(self.neighbour_weights[nodes]))
+            weights = torch.cat([1.0 - slot_weights.sum(dim=1, keepdim=True), slot_weights],
+                                dim=1).to(self.params.dtype)
+            inputs = RuleInputs(nodes=nodes, own=self.params[nodes], received=received,
+                                present=mask, weights=weights, refused=zeros[nodes],
+                                round=round)
+            result, stats = self.rule(inputs)
+            self.params[nodes] = result.to(self.params.dtype)
+            if evaluate:
+                self._record_stats(nodes, stats, node_metrics)
+        for p in dropped.nonzero().flatten().tolist():
+            node_metrics.pop(p, None)
+        return dropped
+
+    @staticmethod
+    def _record_stats(nodes: Tensor, stats: dict[str, Tensor],
+                      node_metrics: dict[int, dict[str, float]]) -> None:
+        columns = {key: value.double().cpu().tolist() for key, value in stats.items()}
+        for r, p in enumerate(nodes.tolist()):
+            for key, values in columns.items():
+                if not math.isnan(values[r]):
+                    node_metrics[p][f"rule_{key}"] = values[r]
+
+    def _losses(self, nodes: Tensor, candidates: Tensor) -> Tensor:
+        """MOZI's check: eval-mode loss of each candidate on its node's next batch."""
+        indices, valid = self.samplers.peek_batches()
+        nodes_cpu = nodes.cpu()
+        batch = indices[nodes_cpu].to(self.device)
+        keep = valid[nodes_cpu].to(self.device)
+        samples = self.shards[nodes.to(self.device)].gather(1, batch)
+        images, labels = self.train_images[samples], self.train_labels[samples]
+        r, c, d = candidates.shape
+        flat = candidates.reshape(r * c, d).to(self.params.dtype)
+        expand = torch.arange(r, device=self.device).repeat_interleave(c)
+        return self.flat.batch_losses(flat, images[expand], labels[expand], keep[expand],
+                                      self.mode).reshape(r, c)
+
+    # --------------------------------------------------------------- evaluation
+    def _accuracy(self, params: Tensor) -> Tensor:
+        """Test accuracy ``[R]`` of each row of ``params``."""
+        accuracies = []
+        chunk = max(1, self.plan.chunk)
+        for lo in range(0, params.shape[0], chunk):
+            predicted = self.flat.predictions(params[lo:lo + chunk], self.test_images, self.mode)
+            accuracies.append((predicted == self.test_labels).sum(dim=1).double()
+                              / self.test_labels.shape[0])
+        return torch.cat(accuracies)
+
+    def _evaluate(self, active: Tensor, node_metrics: dict[int, dict[str, float]]
+                  ) -> dict[str, float]:
+        """Per-node accuracy of the honest nodes and the audit of their models (the
+        average models' accuracy per group and the consensus distance)."""
+        nodes = (self.honest_mask & active).nonzero().flatten()
+        audit: dict[str, float] = {"audited_models": float(nodes.numel())}
+        if nodes.numel() == 0:
+            return audit
+        models = self.params[nodes]
+        for p, accuracy in zip(nodes.tolist(), self._accuracy(models).tolist(), strict=True):
+            node_metrics[p]["accuracy"] = accuracy
+        average = models.mean(dim=0)
+        audit["consensus_distance"] = float(((models - average) ** 2).sum(dim=1).mean())
+        present = set(nodes.tolist())
+        names, averages = [], []
+        for group, members in self.topology.groups.items():
+            rows = [m for m in members if m in present]
+            if rows:
+                names.append(group)
+                averages.append(self.params[rows].mean(dim=0))
+        for group, accuracy in zip(names, self._accuracy(torch.stack(averages)).tolist(),
+                                   strict=True):
+            suffix = "" if group == "all" else "_" + group.replace(" ", "_")
+            audit[f"accuracy_avg_model{suffix}"] = accuracy
+        return audit
+
+    # ----------------------------------------------------------------- training
+    def _train(self, active: Tensor, node_metrics: dict[int, dict[str, float]],
+               evaluate: bool) -> None:
+        """``local_steps`` SGD steps with heavy-ball momentum for every active node."""
+        config = self.config
+        rows = active.nonzero().flatten()
+        lr = torch.tensor([config.lr_at(int(r)) for r in self.rounds_trained.tolist()],
+                          dtype=self.params.dtype, device=self.device)
+        losses = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        everyone = bool(active.all())
+        for _ in range(config.local_steps):
+            indices, valid = self.samplers.next_batches(active)
+            batch = indices.to(self.device)
+            mask = valid.to(self.device)
+            samples = self.shards.gather(1, batch)
+            images, labels = self.train_images[samples], self.train_labels[samples]
+            images, labels = self._transform(images, labels, mask, active)
+            step_losses = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+            for lo in range(0, rows.numel(), self.plan.chunk):
+                chunk = rows[lo:lo + self.plan.chunk]
+                span = slice(int(chunk[0]), int(chunk[-1]) + 1)
+                contiguous = everyone or span.stop - span.start == chunk.numel()
+                params = self.params[span] if contiguous else self.params[chunk]
+                grads, chunk_losses = self.flat.gradients(
+                    params, images[chunk], labels[chunk], mask[chunk], self.mode)
+                step_losses[chunk] = chunk_losses.double()
+                if contiguous:
+                    self.momentum[span].mul_(config.momentum).add_(grads)
+                    self.params[span].addcmul_(lr[span].unsqueeze(1), self.momentum[span],
+                                               value=-1.0)
+                else:
+                    momentum = self.momentum[chunk].mul_(config.momentum).add_(grads)
+                    self.momentum[chunk] = momentum
+                    self.params[chunk] = params - lr[chunk].unsqueeze(1) * momentum
+            losses += step_losses
+        self.rounds_trained[active.cpu()] += 1
+        if evaluate:
+            mean_losses = (losses / config.local_steps).cpu().tolist()
+            lrs = lr.cpu().tolist()
+            for p in rows.tolist():
+                node_metrics[p]["train_loss"] = mean_losses[p]
+                node_metrics[p]["lr"] = lrs[p]
+
+    def _transform(self, images: Tensor, labels: Tensor, mask: Tensor, active: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+        """Augmentation (each node's own generator) then the data-poisoning attackers'
+        transforms, on each node's real (unpadded) batch."""
+        if self.augmenters is None and not self.data_poisoners:
+            return images, labels
+        images, labels = images.clone(), labels.clone()
+        nodes = active.nonzero().flatten().tolist() if self.augmenters is not None \
+            else [a for a in self.data_poisoners if bool(active[a])]
+        for p in nodes:
+            keep = mask[p]
+            xb, yb = images[p][keep], labels[p][keep]
+            if self.augmenters is not None:
+                xb, yb = self.augmenters[p](xb, yb)
+            poisoner = self.data_poisoners.get(p)
+            if poisoner is not None:
+                xb, yb = poisoner.poison(xb, yb)
+            images[p][keep] = xb.to(images.dtype)
+            labels[p][keep] = yb.to(labels.dtype)
+        return images, labels
+
+    # ------------------------------------------------------------------ sending
+    def _send(self, active: Tensor, previous: Tensor | None, round: int
+              ) -> tuple[Tensor, Tensor]:
+        """What every node sends for the next round: the rows of the source tensor and,
+        per neighbour slot, which row (or -1: nothing arrives)."""
+        slot_source = torch.where(active[self.neighbours], self.neighbours,
+                                  torch.full_like(self.neighbours, -1))
+        if not self.poisoning:
+            return self.params.clone(), slot_source
+        published = active & self.honest_mask
+        inputs = build_attack_inputs(self.topology, self.params, previous, published, round,
+                                     self.config.rounds)
+        crafted = (self.crafter(inputs) if self.crafter is not None
+                   else self._craft_per_node(inputs))
+        lookup = torch.full((self.n * self.n,), -1, dtype=torch.int64, device=self.device)
+        lookup[inputs.attackers * self.n + inputs.targets] = torch.arange(
+            inputs.attackers.numel(), device=self.device)
+        receivers = torch.arange(self.n, device=self.device).unsqueeze(1)
+        edge = lookup[self.neighbours * self.n + receivers]
+        from_attacker = ~self.honest_mask[self.neighbours]
+        slot_source = torch.where(from_attacker, torch.where(edge >= 0, self.n + edge, edge),
+                                  slot_source)
+        return torch.cat([self.params, crafted.to(self.params.dtype)]), slot_source
+
+    def _craft_per_node(self, inputs: AttackInputs) -> Tensor:
+        """The fallback: each attacker's per-node attack object on the views the per-node
+        runtime builds."""
+        half, previous = inputs.half.cpu(), None if inputs.previous is None \
+            else inputs.previous.cpu()
+        rows: list[Tensor] = []
+        attackers = inputs.attackers.tolist()
+        targets = inputs.targets.tolist()
+        target_rows = inputs.target_row.tolist()
+        for attacker in sorted(set(attackers)):
+            edges = [e for e, a in enumerate(attackers) if a == attacker]
+            views = []
+            for e in edges:
+                i = target_rows[e]
+                keep = inputs.honest_mask[i].cpu()
+                honest = inputs.honest[i].cpu()[keep]
+                views.append(TargetView(
+                    node=targets[e], model=half[targets[e]].clone(),
+                    honest_neighbors=half[honest].clone(),
+                    honest_weights=inputs.honest_weights[i].cpu()[keep].to(half.dtype),
+                    byzantine_weight=float(inputs.byzantine_weight[i]),
+                    n_byzantine=int(inputs.n_byzantine[i]),
+                    self_weight=float(inputs.self_weight[i]),
+                    previous=None if previous is None else previous[targets[e]].clone(),
+                    rule=self.target_rule))
+            view = AttackView(own=half[attacker].clone(), targets=views, round=inputs.round,
+                              total_rounds=inputs.total_rounds,
+                              own_previous=None if previous is None else previous[attacker])
+            rows.append(self.attacks[attacker](view))
+        if not rows:
+            return self.params.new_zeros((0, self.params.shape[1]))
+        return torch.cat(rows).to(self.device)
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics_line(self, round: int, node_metrics: dict[int, dict[str, float]],
+                      dropped: Tensor, audit: dict[str, float]) -> dict[str, Any]:
+        return metrics_line(round, self.topology, node_metrics,
+                            dropped.nonzero().flatten().tolist(), audit)
+
+
+def run_batched(config: RunConfig, out: str | Path | None = None, *,
+                progress: ProgressCallback | None = None, plot: bool = True,
+                options: EngineOptions | None = None) -> list[dict[str, Any]]:
+    """Run ``config`` with the batched engine; return the metrics lines. With ``out``,
+    write the results folder (the per-node runtime's files). ``options`` choose the
+    device, the step mode and the memory budget (see :class:`EngineOptions`)."""
+    return BatchedEngine(config, options).run(out, progress=progress, plot=plot)
