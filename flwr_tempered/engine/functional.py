@@ -16,8 +16,6 @@ epoch's end is padded and masked), ``m <- beta m + g``, ``x <- x - lr m``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
@@ -116,16 +114,17 @@ class FlatModel:
             for start in range(0, images.shape[0], batch_size):
                 block = images[start:start + batch_size]
                 if mode == "vmap":
-                    forward: Callable[[Tensor], Tensor] = vmap(
-                        lambda flat, block=block: self.logits(flat, block).argmax(dim=1),
-                        chunk_size=chunk_size)
-                    outputs.append(forward(params))
+                    outputs.append(vmap(self._classes, in_dims=(0, None),
+                                        chunk_size=chunk_size)(params, block))
                 else:
                     outputs.append(torch.stack([
                         self.logits(params[row], block).argmax(dim=1)
                         for row in range(params.shape[0])]))
         self.model.train()
         return torch.cat(outputs, dim=1)
+
+    def _classes(self, flat: Tensor, images: Tensor) -> Tensor:
+        return self.logits(flat, images).argmax(dim=1)
 
     def batch_losses(self, params: Tensor, images: Tensor, labels: Tensor, mask: Tensor,
                      mode: str) -> Tensor:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -153,7 +154,7 @@ class BatchedEngine:
         neighbours = torch.zeros(self.n, self.max_degree, dtype=torch.int64)
         mask = torch.zeros(self.n, self.max_degree, dtype=torch.bool)
         weights = torch.zeros(self.n, self.max_degree, dtype=torch.float64)
-        mixing = torch.as_tensor(topology.mixing, dtype=torch.float64)
+        mixing = torch.tensor(np.array(topology.mixing), dtype=torch.float64)
         for p, row in enumerate(lists):
             neighbours[p, :len(row)] = torch.tensor(row, dtype=torch.int64)
             mask[p, :len(row)] = True

@@ -23,6 +23,9 @@ from typing import Any
 from .ledger_cli import add_ledger_parser, run_ledger_command
 from .reproduce.cli import add_reproduce_parsers, run_reproduce_command
 
+#: The engines ``flwr-tempered run --engine`` offers.
+RUN_ENGINES = ("flower", "batched", "nodes")
+
 #: What ``flwr-tempered list`` can print.
 SECTIONS = ("rules", "attacks", "topologies")
 
@@ -123,7 +126,7 @@ def _add_run_parser(commands: Any) -> None:
 
     defaults = RunConfig()
     run = commands.add_parser(
-        "run", help="run a decentralized training (Flower simulation)",
+        "run", help="run a decentralized training (Flower simulation or a local engine)",
         description="Run a Byzantine-robust decentralized training through Flower's "
                     "simulation engine and write a results folder.",
     )
@@ -162,15 +165,24 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--compare", default="gossip",
                      help="also run this rule under the same attack and print both "
                           "(default gossip; 'none' to skip)")
+    run.add_argument("--engine", choices=RUN_ENGINES, default="flower",
+                     help="flower (default): one simulated Flower SuperNode per node, with "
+                          "the ledger; batched: every node stepped as one computation on one "
+                          "device (no messages, so no ledger); nodes: the per-node loop in "
+                          "this process (no ledger)")
+    run.add_argument("--device", default=None,
+                     help="batched engine: cpu, cuda or cuda:N (default: cuda when present)")
+    run.add_argument("--step-mode", choices=["auto", "vmap", "loop"], default="auto",
+                     help="batched engine: how local steps are taken (auto: vmap on a GPU "
+                          "and for models without convolutions, a node loop otherwise)")
     run.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per node")
     run.add_argument("--num-gpus", type=float, default=0.0,
                      help="Ray GPUs per node (fractions share a GPU)")
 
 
 def _run(args: argparse.Namespace) -> None:
-    from flwr_tempered.results import COMPARISON_FILE, plot_comparison, read_metrics
-    from flwr_tempered.experiments.simulate import print_progress, simulate
     from flwr_tempered.node import RunConfig
+    from flwr_tempered.results import COMPARISON_FILE, plot_comparison, read_metrics
     from flwr_tempered.runtime.server import default_results_folder
 
     config = RunConfig(
@@ -187,10 +199,14 @@ def _run(args: argparse.Namespace) -> None:
         model=args.model, model_args=parse_key_values(args.model_arg, "--model-arg"),
         rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
         lr=args.lr, eval_every=args.eval_every, seed=args.seed, exchange=args.exchange,
-        node_cpus=args.num_cpus, node_gpus=args.num_gpus, ledger=not args.no_ledger,
+        node_cpus=args.num_cpus, node_gpus=args.num_gpus,
+        ledger=not args.no_ledger and args.engine == "flower",
         ledger_f=args.ledger_f, equivocators=args.equivocators,
     )
     _check_buildable(config)
+    if args.engine != "flower" and not args.no_ledger:
+        print(f"note: the {args.engine} engine passes no messages, so the run keeps no "
+              "ledger (use --engine flower for one)", file=sys.stderr)
     out = Path(args.out) if args.out else default_results_folder(config)
     runs = {config.rule: (config, out)}
     if args.compare not in ("none", config.rule):
@@ -202,13 +218,30 @@ def _run(args: argparse.Namespace) -> None:
         print(f"== rule {name}: {run_config.nodes} nodes on {run_config.topology}, "
               f"{run_config.byzantine} Byzantine ({run_config.attack}), "
               f"{run_config.rounds} rounds -> {folder}", file=sys.stderr, flush=True)
-        simulate(run_config, folder, progress=print_progress)
+        _execute(args, run_config, folder)
         finals[name] = read_metrics(folder)[-1]
     _print_summary(finals, runs)
     if len(runs) > 1:
         picture = plot_comparison({name: folder for name, (_, folder) in runs.items()},
                                   out / COMPARISON_FILE)
         print(f"accuracy of both rules: {picture}")
+
+
+def _execute(args: argparse.Namespace, config: Any, folder: Path) -> None:
+    """Run ``config`` into ``folder`` with the engine ``args`` chose."""
+    from flwr_tempered.experiments.simulate import print_progress, simulate
+
+    if args.engine == "flower":
+        simulate(config, folder, progress=print_progress)
+    elif args.engine == "nodes":
+        from flwr_tempered.runtime.inprocess import run_in_process
+
+        run_in_process(config, folder, progress=print_progress)
+    else:
+        from flwr_tempered.engine import EngineOptions, run_batched
+
+        run_batched(config, folder, progress=print_progress,
+                    options=EngineOptions(device=args.device, step_mode=args.step_mode))
 
 
 def _check_buildable(config: Any) -> None:

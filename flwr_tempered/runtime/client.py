@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr_tempered.digest import array_digest
 from flwr_tempered.ledger import KeyPair, Participant, SignedHeader, sign_header
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
+from flwr_tempered.node.summary import audit_models
 from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
 
 from .exchange import (
@@ -43,7 +44,6 @@ from .protocol import (
     REPORT,
 )
 from .state import load_node_state, save_node_state
-from flwr_tempered.node.summary import audit_models
 
 #: Run-config keys that configure the harness, not the run itself.
 HARNESS_KEYS = ("out", "store")

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
-from flwr_tempered.results import RunResults, plot_run
 from flwr_tempered.node import Node, RunConfig, TargetInputs, build_world
-
 from flwr_tempered.node.summary import audit_models, metrics_line
+from flwr_tempered.results import RunResults, plot_run
 
 ProgressCallback = Callable[[dict[str, Any], RunConfig], None]
 

@@ -14,9 +14,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from flwr_tempered.results import RunResults, plot_run
 from flwr_tempered.ledger import LEDGER_FILE
 from flwr_tempered.node import RunConfig
+from flwr_tempered.results import RunResults, plot_run
 from flwr_tempered.strategies import DecentralizedStrategy
 
 from .client import run_config_of

@@ -36,6 +36,7 @@ from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
 from flwr_tempered.digest import is_digest
 from flwr_tempered.ledger import Block, BlockBuilder, Genesis, LedgerStore, default_f
 from flwr_tempered.node import RunConfig, topology_of
+from flwr_tempered.node.summary import metrics_line
 from flwr_tempered.runtime.exchange import InlineExchange, ModelExchange
 from flwr_tempered.runtime.protocol import (
     ATTACK,
@@ -48,7 +49,6 @@ from flwr_tempered.runtime.protocol import (
     REPORT,
     TRAIN,
 )
-from flwr_tempered.node.summary import metrics_line
 
 #: How long to wait for the expected nodes to appear after start.
 NODE_WAIT_SECONDS = 60.0

@@ -18,14 +18,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from flwr_tempered.results import CONFIG_FILE, RunResults
 from flwr_tempered.node import RunConfig
+from flwr_tempered.results import CONFIG_FILE, RunResults
 
 from .catalog import Case, get_experiment
 from .consensus import CONSENSUS_RULES, ConsensusSetting, consensus_settings, run_setting
 
 DONE_FILE = "done.json"
-ENGINES = ("inprocess", "flower")
+#: How a run is executed: ``batched`` (every node as one computation,
+#: :mod:`flwr_tempered.engine`), ``nodes`` (the per-node loop in this process), ``flower``
+#: (Flower's simulation engine). ``inprocess`` is the former name of ``nodes``.
+ENGINES = ("batched", "nodes", "flower", "inprocess")
 DEFAULT_ROOT = Path("results") / "reproduce"
 
 Printer = Callable[[str], None]
@@ -112,7 +115,7 @@ def is_done(folder: Path, case: Case) -> bool:
     return bool(done.get("fingerprint") == json.loads(json.dumps(_fingerprint(case))))
 
 
-def run_case(case: Case, folder: Path, engine: str = "inprocess",
+def run_case(case: Case, folder: Path, engine: str = "batched",
              progress: Callable[[dict[str, Any], RunConfig], None] | None = None) -> float:
     """Run one case into ``folder`` (started over); return its wall time in seconds."""
     start = time.perf_counter()
@@ -124,10 +127,14 @@ def run_case(case: Case, folder: Path, engine: str = "inprocess",
                               "beta": setting.beta})
         for t, error in enumerate(run_setting(setting, str(case.labels["rule"]))):
             results.append_metrics({"round": t, "error": error})
-    elif engine == "inprocess":
+    elif engine in ("nodes", "inprocess"):
         from flwr_tempered.runtime.inprocess import run_in_process
 
         run_in_process(case.config, folder, progress=progress, plot=False)
+    elif engine == "batched":
+        from flwr_tempered.engine import run_batched
+
+        run_batched(case.config, folder, progress=progress, plot=False)
     elif engine == "flower":
         from flwr_tempered.experiments.simulate import simulate
 
@@ -155,7 +162,7 @@ def _case_worker(case: Case, folder: str, engine: str) -> float:
 
 
 def run_experiment(experiment: str, preset: str = "cpu", root: str | Path = DEFAULT_ROOT, *,
-                   engine: str = "inprocess", jobs: int = 1, only: Sequence[str] = (),
+                   engine: str = "batched", jobs: int = 1, only: Sequence[str] = (),
                    rounds: int | None = None, eval_every: int | None = None,
                    echo: Printer = _stderr,
                    round_progress: bool = True) -> Path:
