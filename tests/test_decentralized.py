@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from flwr_tempered.experiments.simulate import simulate
+from flwr_tempered.node import RunConfig
 from flwr_tempered.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -19,8 +21,6 @@ from flwr_tempered.results import (
     TIMINGS_FILE,
     read_metrics,
 )
-from flwr_tempered.experiments.simulate import simulate
-from flwr_tempered.node import RunConfig
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from flwr_tempered.results import read_metrics
 from flwr_tempered.experiments.simulate import simulate
 from flwr_tempered.node import RunConfig
+from flwr_tempered.results import read_metrics
 from flwr_tempered.runtime.inprocess import run_in_process
 
 #: Two Byzantine nodes on a sparse graph, so honest nodes receive crafted vectors from

@@ -15,10 +15,10 @@ import pytest
 from test_decentralized import SMALL as DECENTRALIZED_SMALL
 
 from flwr_tempered.experiments.cli import main
-from flwr_tempered.results import read_metrics
 from flwr_tempered.experiments.simulate import simulate
 from flwr_tempered.ledger import LEDGER_FILE, LedgerReport, verify_ledger
 from flwr_tempered.node import RunConfig, topology_of
+from flwr_tempered.results import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from flwr_tempered.experiments.reproduce.runner import experiment_cases
-from flwr_tempered.results import read_metrics
 from flwr_tempered.node import RunConfig
+from flwr_tempered.results import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "simulations"))
