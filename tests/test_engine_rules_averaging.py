@@ -244,6 +244,64 @@ def test_mozi_distance_ties_follow_slot_order(dtype: torch.dtype) -> None:
     torch.testing.assert_close(result[0], 0.5 * expected_sign.unsqueeze(1) * v.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mozi_overflowing_distance_stays_among_kept_rows(dtype: torch.dtype) -> None:
+    """A kept row whose distance overflows to +inf still sorts before the rejected rows
+    (which the per-node rule never sees), even when a rejected row sits in an earlier
+    slot."""
+    big = 2e19 if dtype == torch.float32 else 1e160
+    loss = LinearLoss(seed=4)
+    batched, rules = build("mozi", {"rho": 1.0}, loss.losses,
+                           per_node_params=lambda p: {"loss_fn": loss.loss_fn(p)})
+    own = torch.zeros(2, DIM, dtype=dtype)
+    received = torch.zeros(2, 4, DIM, dtype=dtype)
+    received[:, 0, 1] = math.nan
+    received[:, 1, 0] = big
+    received[:, 2] = 0.5
+    received[1, 3] = -0.25
+    present = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    weights = torch.zeros(2, 5, dtype=dtype)
+    weights[:, 1:][present] = 0.2
+    weights[:, 0] = 1.0 - weights[:, 1:].sum(dim=1)
+    inputs = RuleInputs(nodes=torch.tensor([1, 2]), own=own, received=received,
+                        present=present, weights=weights, refused=torch.tensor([0, 0]),
+                        round=0)
+    result = batched(inputs)
+    assert float((received[0, 1] - own[0]).norm()) == math.inf  # yet a finite row
+    assert_matches(result, per_node(rules, inputs), dtype)
+
+
+def test_mozi_compares_losses_in_float32() -> None:
+    """The per-node rule collects the candidates' losses in a float32 tensor and compares
+    own's loss against it there: a candidate whose loss exceeds own's by less than float32
+    resolves is accepted (so is an equal loss), as in the batched rule."""
+    def loss_fn(vector: Tensor) -> float:
+        return float(vector[0].double())
+
+    def losses(nodes: Tensor, candidates: Tensor) -> Tensor:
+        return candidates[..., 0].double()
+
+    batched, rules = build("mozi", {"rho": 1.0, "alpha": 0.0}, losses,
+                           per_node_params=lambda p: {"loss_fn": loss_fn})
+    own = torch.zeros(1, DIM, dtype=torch.float64)
+    own[0, 0] = 1.0
+    received = torch.zeros(1, 3, DIM, dtype=torch.float64)
+    received[0, 0] = own[0]
+    received[0, 0, 0] += 1e-9  # closest, loss 1 + 1e-9: equal to own's in float32
+    received[0, 0, 1] = 0.01
+    received[0, 1, 1] = 5.0  # far, loss 0: accepted
+    received[0, 2] = own[0]
+    received[0, 2, 1] = -0.02  # loss 1: equal to own's exactly
+    present = torch.ones(1, 3, dtype=torch.bool)
+    weights = torch.tensor([[0.4, 0.2, 0.2, 0.2]], dtype=torch.float64)
+    inputs = RuleInputs(nodes=torch.tensor([0]), own=own, received=received, present=present,
+                        weights=weights, refused=torch.tensor([0]), round=0)
+    result, stats = batched(inputs)
+    assert_matches((result, stats), per_node(rules, inputs), torch.float64)
+    assert float(stats["accepted"][0]) == 3
+    torch.testing.assert_close(result[0], received[0].mean(dim=0))
+
+
 def test_mozi_without_loss_raises() -> None:
     batched, _ = build("mozi", {})
     inputs = make_inputs(torch.Generator().manual_seed(1), torch.float64)
@@ -317,11 +375,14 @@ def test_every_row_rejected_gives_own_and_common_stats(name: str) -> None:
         assert bool(batched.has_centre[int(inputs.nodes[1])])
 
 
-@pytest.mark.parametrize("name", ["mean", "gossip"])
-def test_weight_left_on_self_and_zero_total(name: str) -> None:
+@pytest.mark.parametrize(("name", "params"), [("mean", {}), ("gossip", {}),
+                                              ("clipped_gossip", {}),
+                                              ("clipped_gossip", {"delta": 0.0})], ids=str)
+def test_weight_left_on_self_and_zero_total(name: str, params: dict[str, Any]) -> None:
     """Row 0: own weight 0, all weight on a rejected row: mean's total is zero (own kept);
-    gossip leaves the rejected weight on the node (own again). Row 1: a rejected row's
-    weight stays on own in gossip and is dropped from mean's normalisation."""
+    gossip leaves the rejected weight on the node (own again); ClippedGossip's adaptive
+    delta (the largest kept weight) is zero: no clipping (radius inf). Row 1: a rejected
+    row's weight stays on own in gossip and is dropped from mean's normalisation."""
     own = torch.tensor([[1.0, 2.0], [0.0, -1.0]], dtype=torch.float64)
     received = torch.zeros(2, 3, 2, dtype=torch.float64)
     received[0, 0] = torch.tensor([math.nan, 0.0])
@@ -333,10 +394,13 @@ def test_weight_left_on_self_and_zero_total(name: str) -> None:
     inputs = RuleInputs(nodes=torch.tensor([3, 8]), own=own, received=received,
                         present=present, weights=weights, refused=torch.tensor([0, 0]),
                         round=0)
-    batched, rules = build(name, {})
+    batched, rules = build(name, params)
     result = batched(inputs)
     assert_matches(result, per_node(rules, inputs), torch.float64)
     assert torch.equal(result[0][0], own[0])
+    if name == "clipped_gossip":
+        assert float(result[1]["tau"][0]) == math.inf
+        return
     second = (0.2 * own[1] + 0.3 * received[1, 2]) / 0.5 if name == "mean" else (
         0.7 * own[1] + 0.3 * received[1, 2])
     torch.testing.assert_close(result[0][1], second)
