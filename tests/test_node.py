@@ -128,5 +128,5 @@ def test_sign_flip_attacker_reverses_its_own_update_across_a_state_round_trip() 
     zeros = np.zeros_like(trained.numpy())
     crafted = resumed.craft([TargetInputs(node=target, model=zeros, honest_neighbors=honest,
                                           honest_models=[zeros] * len(honest))], round=0)
-    assert torch.allclose(torch.from_numpy(crafted[target]), start - 2.0 * (trained - start),
+    assert torch.allclose(crafted[target], start - 2.0 * (trained - start),
                           atol=1e-6)

@@ -52,15 +52,32 @@ class NodeState:
     training_start: Tensor | None = None
 
 
+#: A model as it travels: a numpy array (Flower messages, the shared store) or a tensor
+#: (the in-process runtime, which keeps models on the nodes' device).
+Vector = np.ndarray | Tensor
+
+
 @dataclass(frozen=True)
 class TargetInputs:
     """What a Byzantine node is told about one recipient (models already fetched)."""
 
     node: int
-    model: np.ndarray
+    model: Vector
     honest_neighbors: Sequence[int]
-    honest_models: Sequence[np.ndarray]
-    previous: np.ndarray | None = None
+    honest_models: Sequence[Vector]
+    previous: Vector | None = None
+
+
+def as_tensor(vector: Vector, like: Tensor) -> Tensor:
+    """A private copy of ``vector`` in ``like``'s dtype and on its device (fetched numpy
+    models may be shared and read-only; tensors from other nodes must not be aliased)."""
+    if isinstance(vector, Tensor):
+        return vector.detach().to(device=like.device, dtype=like.dtype, copy=True)
+    return torch.from_numpy(np.array(vector)).to(device=like.device, dtype=like.dtype)
+
+
+def _dtype_name(vector: Vector) -> str:
+    return str(vector.dtype).removeprefix("torch.")
 
 
 def build_rule(config: RunConfig) -> Rule:
@@ -82,19 +99,20 @@ def build_attack(config: RunConfig, position: int) -> AttackBase:
 
 
 def screen(
-    vectors: Sequence[np.ndarray | None], dimension: int, dtype: np.dtype[Any]
+    vectors: Sequence[Vector | None], dimension: int, dtype: np.dtype[Any]
 ) -> tuple[list[int], list[str]]:
-    """Indices of the acceptable vectors and a reason for each rejected one."""
+    """Indices of the acceptable vectors (numpy arrays or tensors of shape ``(dimension,)``
+    and dtype ``dtype``) and a reason for each rejected one."""
     kept: list[int] = []
     reasons: list[str] = []
     for index, vector in enumerate(vectors):
         if vector is None:
             reasons.append("missing")
-        elif not isinstance(vector, np.ndarray) or vector.shape != (dimension,):
+        elif not isinstance(vector, np.ndarray | Tensor) or tuple(vector.shape) != (dimension,):
             shape = getattr(vector, "shape", None)
             reasons.append(f"shape {shape} != ({dimension},)")
-        elif vector.dtype != dtype:
-            reasons.append(f"dtype {vector.dtype} != {dtype}")
+        elif _dtype_name(vector) != str(dtype):
+            reasons.append(f"dtype {_dtype_name(vector)} != {dtype}")
         else:
             kept.append(index)
     return kept, reasons
@@ -154,7 +172,7 @@ class Node:
         return torch.tensor([own, *neighbour], dtype=self.state.params.dtype)
 
     def aggregate(
-        self, senders: Sequence[int], vectors: Sequence[np.ndarray | None], round: int, *,
+        self, senders: Sequence[int], vectors: Sequence[Vector | None], round: int, *,
         refused: int = 0,
     ) -> dict[str, float]:
         """Aggregate own model with the received vectors (Byzantine nodes keep theirs).
@@ -171,8 +189,7 @@ class Node:
         metrics["rejected_malformed"] = float(len(reasons))
         if not kept:
             return metrics
-        # One copy into a fresh array: fetched models may be shared and read-only.
-        received = torch.from_numpy(np.stack([np.asarray(vectors[i]) for i in kept]))
+        received = torch.stack([as_tensor(vectors[i], params) for i in kept])  # type: ignore[arg-type]
         weights = self.mixing_row([senders[i] for i in kept])
         assert self.rule is not None
         self.state.params = self.rule(params, received, weights, round=round,
@@ -200,14 +217,14 @@ class Node:
         """Whether this node sends per-recipient vectors (model poisoning)."""
         return isinstance(self.attack, ModelPoisoningAttack)
 
-    def craft(self, targets: Sequence[TargetInputs], round: int) -> dict[int, np.ndarray]:
+    def craft(self, targets: Sequence[TargetInputs], round: int) -> dict[int, Tensor]:
         """The vector for each target, keyed by the target's position, from the omniscient
         view the relay provided. A target that gives its Byzantine neighbours zero weight
         (``two_cliques_with_byzantine`` with ``delta = 0``) cannot be influenced and gets
         nothing."""
         assert isinstance(self.attack, ModelPoisoningAttack)
         topology = self.world.topology
-        dtype = self.state.params.dtype
+        own = self.state.params
         views = []
         for target in targets:
             row = topology.mixing[target.node]
@@ -216,19 +233,19 @@ class Node:
             if byzantine_weight <= 0:
                 continue
             honest_models = (
-                torch.stack([torch.from_numpy(m.copy()).to(dtype) for m in target.honest_models])
-                if target.honest_models else torch.zeros(0, self.state.params.shape[0], dtype=dtype)
+                torch.stack([as_tensor(m, own) for m in target.honest_models])
+                if target.honest_models else own.new_zeros((0, own.shape[0]))
             )
             views.append(TargetView(
                 node=target.node,
-                model=torch.from_numpy(target.model.copy()).to(dtype),
+                model=as_tensor(target.model, own),
                 honest_neighbors=honest_models,
-                honest_weights=torch.tensor([row[j] for j in target.honest_neighbors], dtype=dtype),
+                honest_weights=torch.tensor([row[j] for j in target.honest_neighbors],
+                                            dtype=own.dtype, device=own.device),
                 byzantine_weight=byzantine_weight,
                 n_byzantine=len(byzantine),
                 self_weight=float(row[target.node]),
-                previous=None if target.previous is None
-                else torch.from_numpy(target.previous.copy()).to(dtype),
+                previous=None if target.previous is None else as_tensor(target.previous, own),
                 rule=self._target_rule(),
             ))
         if not views:
@@ -237,8 +254,7 @@ class Node:
                           total_rounds=self.world.config.rounds,
                           own_previous=self.state.training_start)
         crafted = self.attack(view)
-        return {v.node: row.detach().numpy().copy()
-                for v, row in zip(views, crafted, strict=True)}
+        return {v.node: row.detach().clone() for v, row in zip(views, crafted, strict=True)}
 
     def _target_rule(self) -> Rule | None:
         """The honest nodes' rule (the adversary is omniscient: it knows the config)."""

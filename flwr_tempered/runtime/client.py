@@ -303,7 +303,8 @@ def handle_attack(message: Message, context: Context, config: RunConfig,
         ))
     outbox = RecordDict()
     fault = config.fault_at(node.position, int(instructions["round"]))
-    vectors = node.craft(targets, int(instructions["round"])) if targets else {}
+    vectors = ({t: v.cpu().numpy() for t, v in node.craft(targets, int(instructions["round"]))
+                .items()} if targets else {})
     sent = {str(target): exchange.publish(corrupt(vector, fault), outbox)
             for target, vector in vectors.items()}
     report: dict[str, Any] = {"sent": sent}

@@ -15,28 +15,42 @@ in message passing.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
-from flwr_tempered.node import Node, RunConfig, TargetInputs, build_world
+from flwr_tempered.node import Node, NodeState, RunConfig, TargetInputs, build_world
 from flwr_tempered.node.summary import audit_models, metrics_line
 from flwr_tempered.results import RunResults, plot_run
 
 ProgressCallback = Callable[[dict[str, Any], RunConfig], None]
 
 
-def _frozen(params: torch.Tensor) -> np.ndarray:
-    """A private copy of what a node sends (later rounds replace, never mutate, it)."""
-    array = params.detach().cpu().numpy().copy()
-    array.setflags(write=False)
-    return array
+def _frozen(params: torch.Tensor) -> torch.Tensor:
+    """A private copy of what a node sends, on the node's device (receivers copy it again
+    before use, so one sender's tensor is never aliased by another node's state)."""
+    return params.detach().clone()
+
+
+def _snapshot(node: Node) -> NodeState:
+    """What :meth:`Node.load_state` needs to undo a failed round. A shallow copy suffices:
+    a round replaces the state's tensors (training and aggregation return new ones) and
+    ``save_state`` returns fresh copies of the sampler, rule and attack states."""
+    return replace(node.save_state())
+
+
+def _place_on_device(node: Node) -> None:
+    """Keep the node's parameters and momentum where its task trains (CUDA when present),
+    so that training, aggregation and attacks run there without host round trips."""
+    device = getattr(node.task, "device", None)
+    if isinstance(device, torch.device) and node.state.params.device != device:
+        node.state = replace(node.state, params=node.state.params.to(device),
+                             momentum=node.state.momentum.to(device))
 
 
 def run_in_process(config: RunConfig, out: str | Path | None = None, *,
@@ -55,6 +69,8 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
     world = build_world(config)
     topology = world.topology
     nodes = [Node(p, world) for p in range(topology.n)]
+    for node in nodes:
+        _place_on_device(node)
     honest = [p for p in range(topology.n) if p not in topology.byzantine]
     poisoning = config.byzantine > 0 and config.attack != "none" and issubclass(
         attack_class(config.attack), ModelPoisoningAttack)
@@ -63,7 +79,7 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
     results = RunResults(out) if out is not None else None
     if results is not None:
         results.write_config(config.to_dict())
-    inputs: dict[int, list[tuple[int, np.ndarray]]] = {p: [] for p in range(topology.n)}
+    inputs: dict[int, list[tuple[int, torch.Tensor]]] = {p: [] for p in range(topology.n)}
     history: list[dict[str, Any]] = []
     timings: list[dict[str, float]] = []
     for message_round in range(1, config.rounds + 2):
@@ -72,11 +88,11 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
         train = message_round <= config.rounds
         start = time.perf_counter()
         node_metrics: dict[int, dict[str, float]] = {}
-        half: dict[int, np.ndarray] = {}
-        models: dict[int, np.ndarray] = {}
+        half: dict[int, torch.Tensor] = {}
+        models: dict[int, torch.Tensor] = {}
         dropped: list[int] = []
         for node in nodes:
-            snapshot = copy.deepcopy(node.save_state())
+            snapshot = _snapshot(node)
             try:
                 metrics, model, sent = _step(node, inputs[node.position], t, evaluate,
                                              evaluate or needs_previous, train)
@@ -92,9 +108,8 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
         audit: dict[str, float] = {}
         if evaluate and honest:
             audit = audit_models(topology, nodes[honest[0]].task,
-                                 {p: torch.from_numpy(models[p].copy()) for p in honest
-                                  if p in models})
-        crafted: dict[int, dict[int, np.ndarray]] = {}
+                                 {p: models[p] for p in honest if p in models})
+        crafted: dict[int, dict[int, torch.Tensor]] = {}
         if train and poisoning:
             crafted = {a: _craft(nodes[a], half, models, t + 1)
                        for a in sorted(topology.byzantine)}
@@ -121,9 +136,9 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
     return history
 
 
-def _step(node: Node, received: list[tuple[int, np.ndarray]], round: int, evaluate: bool,
+def _step(node: Node, received: list[tuple[int, torch.Tensor]], round: int, evaluate: bool,
           publish_model: bool, train: bool
-          ) -> tuple[dict[str, float], np.ndarray | None, np.ndarray | None]:
+          ) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
     """One node's part of a round, in the ClientApp's order: aggregate what the
     neighbours sent, publish the model (evaluation rounds, or for attacks that read it),
     evaluate, train. Returns the metrics, the published model and the half-step model."""
@@ -138,8 +153,8 @@ def _step(node: Node, received: list[tuple[int, np.ndarray]], round: int, evalua
     return metrics, model, sent
 
 
-def _craft(attacker: Node, half: dict[int, np.ndarray], models: dict[int, np.ndarray],
-           round: int) -> dict[int, np.ndarray]:
+def _craft(attacker: Node, half: dict[int, torch.Tensor], models: dict[int, torch.Tensor],
+           round: int) -> dict[int, torch.Tensor]:
     """The vector ``attacker`` sends each honest neighbour, from the omniscient view the
     Flower relay would give it (targets' and their honest neighbours' half-step models,
     and the targets' previous models)."""
@@ -156,6 +171,5 @@ def _craft(attacker: Node, half: dict[int, np.ndarray], models: dict[int, np.nda
     ]
     if not targets:
         return {}
-    vectors = attacker.craft(targets, round)
-    return {target: _frozen(torch.from_numpy(v)) for target, v in vectors.items()}
+    return attacker.craft(targets, round)
 
