@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -126,6 +126,15 @@ class BatchedRule(ABC):
     def __call__(self, inputs: RuleInputs) -> tuple[Tensor, BatchedStats]:
         """The aggregated models ``Tensor[R, d]`` (own's dtype) and the per-node stats."""
 
+    def state_dict(self, positions: Sequence[int]) -> dict[str, Any]:
+        """The state kept for ``positions`` between rounds (nested dicts of tensors and
+        plain values), so a ClientApp hosting those nodes can persist it. Stateless rules
+        keep nothing."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any], positions: Sequence[int]) -> None:
+        """Restore what :meth:`state_dict` returned for ``positions``."""
+
     #: Whether the batched rule needs every received vector at once (coordinate-wise
     #: rules) rather than distances and weights; the engine sizes chunks with it.
     gathers: ClassVar[bool] = True
@@ -162,6 +171,14 @@ class PerNodeRule(BatchedRule):
         stats = {k: torch.tensor([row.get(k, math.nan) for row in rows], dtype=torch.float64)
                  for k in keys}
         return torch.stack(results), stats
+
+    def state_dict(self, positions: Sequence[int]) -> dict[str, Any]:
+        return {str(p): self.rules[p].state_dict() for p in positions if p in self.rules}
+
+    def load_state_dict(self, state: Mapping[str, Any], positions: Sequence[int]) -> None:
+        for p in positions:
+            if str(p) in state:
+                self.rule_of(p).load_state_dict(state[str(p)])
 
 
 _BATCHED_RULES: dict[type[Rule], type[BatchedRule]] = {}

@@ -25,7 +25,8 @@ loss) are done in the dtype the per-node rule compares in, so the same rows pass
 from __future__ import annotations
 
 import math
-from typing import ClassVar, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -253,6 +254,22 @@ class BatchedCenteredClipping(BatchedRule):
         """Forget every centre (as :meth:`CenteredClipping.reset` per node)."""
         self.centres = None
         self.has_centre = None
+
+    def state_dict(self, positions: Sequence[int]) -> dict[str, Any]:
+        """The centres of ``positions`` (those that have one)."""
+        if self.centres is None or self.has_centre is None:
+            return {}
+        rows = torch.tensor(list(positions), dtype=torch.int64, device=self.centres.device)
+        return {"centres": self.centres[rows].cpu(), "has_centre": self.has_centre[rows].cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any], positions: Sequence[int]) -> None:
+        if "centres" not in state:
+            return
+        centres = torch.as_tensor(state["centres"])
+        table, has = self._storage(centres.to(self.device))
+        rows = torch.tensor(list(positions), dtype=torch.int64, device=table.device)
+        table[rows] = centres.to(device=table.device, dtype=table.dtype)
+        has[rows] = torch.as_tensor(state["has_centre"]).to(has.device)
 
     def _storage(self, own: Tensor) -> tuple[Tensor, Tensor]:
         """The centre table in own's dtype and device; a new (empty) table when the model

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -315,6 +317,28 @@ class BatchedBucketing(BatchedRule):
         #: Per-position copies of the inner rule for the fallback (each per-node bucketing
         #: object owns its inner rule, and with it any state the inner rule keeps).
         self.inner_rules: dict[int, Rule] = {}
+
+    def state_dict(self, positions: Sequence[int]) -> dict[str, Any]:
+        """The shuffling generators of ``positions`` and the inner rule's state."""
+        state: dict[str, Any] = {
+            "generators": {str(p): self.generators[p].get_state() for p in positions
+                           if p in self.generators},
+            "inner_rules": {str(p): self.inner_rules[p].state_dict() for p in positions
+                            if p in self.inner_rules},
+        }
+        if self.inner_batched is not None:
+            state["inner"] = self.inner_batched.state_dict(positions)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any], positions: Sequence[int]) -> None:
+        for p in positions:
+            if str(p) in state.get("generators", {}):
+                self.generator(p).set_state(
+                    torch.as_tensor(state["generators"][str(p)], dtype=torch.uint8))
+            if str(p) in state.get("inner_rules", {}):
+                self.inner_rule(p).load_state_dict(state["inner_rules"][str(p)])
+        if self.inner_batched is not None and "inner" in state:
+            self.inner_batched.load_state_dict(state["inner"], positions)
 
     def generator(self, position: int) -> torch.Generator:
         """The shuffling generator of ``position``, seeded as the per-node rule's."""

@@ -30,8 +30,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,16 @@ class EngineOptions:
 
 
 class BatchedEngine:
-    """One run of ``config`` with every node stepped as one computation."""
+    """One run of ``config`` with every node stepped as one computation.
 
-    def __init__(self, config: RunConfig, options: EngineOptions | None = None) -> None:
+    ``hosted`` restricts the engine to a group of topology positions (a Flower ClientApp
+    that hosts several graph nodes, see :mod:`flwr_tempered.runtime.group_client`): only
+    they aggregate, train and attack; the other rows only carry what their hosts sent.
+    By default the engine hosts every node and :meth:`run` drives the whole run.
+    """
+
+    def __init__(self, config: RunConfig, options: EngineOptions | None = None, *,
+                 hosted: Sequence[int] | None = None) -> None:
         if config.ledger or config.faults:
             raise ValueError("the batched engine has no messages to sign or corrupt: set "
                              "ledger=False and no faults, or run through Flower (simulate)")
@@ -113,6 +120,11 @@ class BatchedEngine:
         self.byzantine = sorted(topology.byzantine)
         self.honest_mask = torch.ones(self.n, dtype=torch.bool, device=self.device)
         self.honest_mask[self.byzantine] = False
+        self.hosted = list(range(self.n)) if hosted is None else sorted(set(hosted))
+        if not self.hosted or not all(0 <= p < self.n for p in self.hosted):
+            raise ValueError(f"hosted positions must lie in 0..{self.n - 1}, got {hosted!r}")
+        self.local = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        self.local[self.hosted] = True
         dataset = world.dataset
         self.train_images = dataset.train_images.to(self.device)
         self.train_labels = dataset.train_labels.to(self.device)
@@ -188,24 +200,28 @@ class BatchedEngine:
         config = self.config
         self.attacks: dict[int, AttackBase] = {}
         if config.byzantine > 0 and config.attack != "none":
-            self.attacks = {a: build_attack(config, a) for a in self.byzantine}
-        first = next(iter(self.attacks.values()), None)
+            self.attacks = {a: build_attack(config, a) for a in self.byzantine
+                            if a in self.hosted}
+        kinds = [build_attack(config, self.byzantine[0])] if self.byzantine and \
+            config.attack != "none" else []
+        first = next(iter(self.attacks.values()), kinds[0] if kinds else None)
         self.poisoning = isinstance(first, ModelPoisoningAttack)
         self.data_poisoners = {a: attack for a, attack in self.attacks.items()
                                if isinstance(attack, DataPoisoningAttack)}
         self.crafter: BatchedAttack | None = None
         self.needs_previous = False
+        self.target_rule: Rule | None = None
         if first is None or not self.poisoning:
             return
         try:
-            target_rule: Rule | None = build_rule(config)
+            self.target_rule = build_rule(config)
         except ValueError:
-            target_rule = None
-        self.target_rule = target_rule
+            self.target_rule = None
+        target_rule = self.target_rule
         self.needs_previous = bool(first.uses_previous or first.needs_previous
                                    or first.needs_own_previous)
         batched = None if fallback else batched_attack_class(first)
-        if batched is not None:
+        if batched is not None and self.attacks:
             try:
                 self.crafter = batched(self.attacks, self.device, target_rule)
             except NotImplementedError:
@@ -248,20 +264,20 @@ class BatchedEngine:
             evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
             train = message_round <= config.rounds
             start = time.perf_counter()
-            node_metrics: dict[int, dict[str, float]] = {
-                p: {"received": 0.0} for p in range(self.n)}
-            dropped = torch.zeros(self.n, dtype=torch.bool, device=self.device)
-            if sources is not None and slot_source is not None:
-                dropped = self._aggregate(sources, slot_source, t, node_metrics, evaluate)
+            node_metrics, dropped = self.aggregate(sources, slot_source, t, evaluate)
             sources = slot_source = None
             active = ~dropped
             previous = self.params.clone() if train and self.needs_previous else None
             audit: dict[str, float] = {}
             if evaluate:
-                audit = self._evaluate(active, node_metrics)
+                self.evaluate_nodes(active, node_metrics)
+                audit = self.audit(active & self.honest_mask)
             if train:
-                self._train(active, node_metrics, evaluate)
-                sources, slot_source = self._send(active, previous, t + 1)
+                self.train(active, node_metrics, evaluate)
+                crafted, attackers, targets = self.craft(active & self.honest_mask, previous,
+                                                         t + 1)
+                slot_source = self.slot_sources(active, attackers, targets)
+                sources = torch.cat([self.params, crafted.to(self.params.dtype)])
             timings.append({"round": float(t), "total_s": time.perf_counter() - start})
             if evaluate:
                 line = self._metrics_line(t, node_metrics, dropped, audit)
@@ -279,13 +295,20 @@ class BatchedEngine:
         return history
 
     # -------------------------------------------------------------- aggregation
-    def _aggregate(self, sources: Tensor, slot_source: Tensor, round: int,
-                   node_metrics: dict[int, dict[str, float]], evaluate: bool) -> Tensor:
-        """Honest nodes aggregate; returns the mask of nodes dropped for the round."""
+    def aggregate(self, sources: Tensor | None, slot_source: Tensor | None, round: int,
+                  evaluate: bool) -> tuple[dict[int, dict[str, float]], Tensor]:
+        """Honest hosted nodes aggregate what they received: row ``slot_source[p, k]`` of
+        ``sources`` in neighbour slot ``k`` of node ``p`` (-1: nothing arrived; ``None``
+        in the first round). Returns the hosted nodes' metrics so far and the mask of
+        nodes dropped for the round (the rule refused their input count, or their own
+        model is not finite: the per-node rule would raise)."""
+        node_metrics: dict[int, dict[str, float]] = {p: {"received": 0.0} for p in self.hosted}
+        dropped = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        if sources is None or slot_source is None:
+            return node_metrics, dropped
         present = (slot_source >= 0) & self.neighbour_mask
         counts = present.sum(dim=1)
-        candidates = self.honest_mask & (counts > 0)
-        dropped = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        candidates = self.honest_mask & (counts > 0) & self.local
         for count in counts[candidates].unique().tolist():
             try:
                 self.count_rule.check_input_count(int(count))
@@ -295,7 +318,7 @@ class BatchedEngine:
         dropped |= candidates & ~finite_own
         aggregating = (candidates & ~dropped).nonzero().flatten()
         counts_list = counts.tolist()
-        for p in range(self.n):
+        for p in self.hosted:
             node_metrics[p]["received"] = float(counts_list[p])
             if counts_list[p] and p not in self.topology.byzantine:
                 node_metrics[p]["rejected_malformed"] = 0.0
@@ -318,7 +341,7 @@ class BatchedEngine:
                 self._record_stats(nodes, stats, node_metrics)
         for p in dropped.nonzero().flatten().tolist():
             node_metrics.pop(p, None)
-        return dropped
+        return node_metrics, dropped
 
     @staticmethod
     def _record_stats(nodes: Tensor, stats: dict[str, Tensor],
@@ -354,17 +377,25 @@ class BatchedEngine:
                               / self.test_labels.shape[0])
         return torch.cat(accuracies)
 
-    def _evaluate(self, active: Tensor, node_metrics: dict[int, dict[str, float]]
-                  ) -> dict[str, float]:
-        """Per-node accuracy of the honest nodes and the audit of their models (the
-        average models' accuracy per group and the consensus distance)."""
-        nodes = (self.honest_mask & active).nonzero().flatten()
+    def evaluate_nodes(self, active: Tensor, node_metrics: dict[int, dict[str, float]]
+                       ) -> None:
+        """Test accuracy of every active honest hosted node, into its metrics."""
+        nodes = (self.honest_mask & active & self.local).nonzero().flatten()
+        if nodes.numel() == 0:
+            return
+        for p, accuracy in zip(nodes.tolist(), self._accuracy(self.params[nodes]).tolist(),
+                               strict=True):
+            node_metrics[p]["accuracy"] = accuracy
+
+    def audit(self, audited: Tensor) -> dict[str, float]:
+        """The audit of the models of the ``audited`` nodes (a mask; their rows of
+        :attr:`params` must hold their current models): the average models' accuracy per
+        topology group and the consensus distance (reproduction spec §1, step 5)."""
+        nodes = audited.nonzero().flatten()
         audit: dict[str, float] = {"audited_models": float(nodes.numel())}
         if nodes.numel() == 0:
             return audit
         models = self.params[nodes]
-        for p, accuracy in zip(nodes.tolist(), self._accuracy(models).tolist(), strict=True):
-            node_metrics[p]["accuracy"] = accuracy
         average = models.mean(dim=0)
         audit["consensus_distance"] = float(((models - average) ** 2).sum(dim=1).mean())
         present = set(nodes.tolist())
@@ -381,15 +412,19 @@ class BatchedEngine:
         return audit
 
     # ----------------------------------------------------------------- training
-    def _train(self, active: Tensor, node_metrics: dict[int, dict[str, float]],
-               evaluate: bool) -> None:
-        """``local_steps`` SGD steps with heavy-ball momentum for every active node."""
+    def train(self, active: Tensor, node_metrics: dict[int, dict[str, float]],
+              evaluate: bool) -> None:
+        """``local_steps`` SGD steps with heavy-ball momentum for every active hosted
+        node (Byzantine nodes too: they disguise themselves with an honest model)."""
         config = self.config
+        active = active & self.local
         rows = active.nonzero().flatten()
         lr = torch.tensor([config.lr_at(int(r)) for r in self.rounds_trained.tolist()],
                           dtype=self.params.dtype, device=self.device)
         losses = torch.zeros(self.n, dtype=torch.float64, device=self.device)
         everyone = bool(active.all())
+        if rows.numel() == 0:
+            return
         for _ in range(config.local_steps):
             indices, valid = self.samplers.next_batches(active)
             batch = indices.to(self.device)
@@ -445,28 +480,40 @@ class BatchedEngine:
         return images, labels
 
     # ------------------------------------------------------------------ sending
-    def _send(self, active: Tensor, previous: Tensor | None, round: int
-              ) -> tuple[Tensor, Tensor]:
-        """What every node sends for the next round: the rows of the source tensor and,
-        per neighbour slot, which row (or -1: nothing arrives)."""
-        slot_source = torch.where(active[self.neighbours], self.neighbours,
-                                  torch.full_like(self.neighbours, -1))
-        if not self.poisoning:
-            return self.params.clone(), slot_source
-        published = active & self.honest_mask
+    def craft(self, published: Tensor, previous: Tensor | None, round: int
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """The vectors the hosted model-poisoning attackers send: ``(crafted [E, d],
+        attackers [E], targets [E])``, from the omniscient view of the half-step models in
+        :attr:`params` of the ``published`` honest nodes (and their start-of-round models
+        ``previous`` for attacks that read them). Empty without such attackers."""
+        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+        if not self.poisoning or not self.attacks:
+            return self.params.new_zeros((0, self.params.shape[1])), empty, empty
         inputs = build_attack_inputs(self.topology, self.params, previous, published, round,
                                      self.config.rounds)
+        if len(self.attacks) < len(self.byzantine):
+            inputs = _edges_of(inputs, self.local[inputs.attackers])
         crafted = (self.crafter(inputs) if self.crafter is not None
                    else self._craft_per_node(inputs))
+        return crafted, inputs.attackers, inputs.targets
+
+    def slot_sources(self, sent: Tensor, attackers: Tensor, targets: Tensor) -> Tensor:
+        """Which row of ``cat([half-step models [N, d], crafted [E, d]])`` arrives in each
+        neighbour slot next round (-1: nothing): a Byzantine neighbour of a
+        model-poisoning run sends its crafted vector for the edge (``attackers[e]``,
+        ``targets[e]``), any other neighbour its half-step model if it ``sent`` one."""
+        slot_source = torch.where(sent[self.neighbours], self.neighbours,
+                                  torch.full_like(self.neighbours, -1))
+        if not self.poisoning:
+            return slot_source
         lookup = torch.full((self.n * self.n,), -1, dtype=torch.int64, device=self.device)
-        lookup[inputs.attackers * self.n + inputs.targets] = torch.arange(
-            inputs.attackers.numel(), device=self.device)
+        lookup[attackers.to(self.device) * self.n + targets.to(self.device)] = torch.arange(
+            attackers.numel(), device=self.device)
         receivers = torch.arange(self.n, device=self.device).unsqueeze(1)
         edge = lookup[self.neighbours * self.n + receivers]
         from_attacker = ~self.honest_mask[self.neighbours]
-        slot_source = torch.where(from_attacker, torch.where(edge >= 0, self.n + edge, edge),
-                                  slot_source)
-        return torch.cat([self.params, crafted.to(self.params.dtype)]), slot_source
+        return torch.where(from_attacker, torch.where(edge >= 0, self.n + edge, edge),
+                           slot_source)
 
     def _craft_per_node(self, inputs: AttackInputs) -> Tensor:
         """The fallback: each attacker's per-node attack object on the views the per-node
@@ -501,11 +548,67 @@ class BatchedEngine:
             return self.params.new_zeros((0, self.params.shape[1]))
         return torch.cat(rows).to(self.device)
 
+    # -------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """What the hosted nodes keep between rounds (CPU tensors and plain values), so a
+        ClientApp can persist it in ``context.state``."""
+        rows = torch.tensor(self.hosted, dtype=torch.int64)
+        device_rows = rows.to(self.device)
+        samplers = self.samplers
+        state: dict[str, Any] = {
+            "params": self.params[device_rows].cpu(),
+            "momentum": self.momentum[device_rows].cpu(),
+            "rounds_trained": self.rounds_trained[rows].clone(),
+            "orders": samplers.orders[rows].clone(),
+            "positions": samplers.positions[rows].clone(),
+            "epochs": samplers.epochs[rows].clone(),
+            "generators": {str(p): samplers.generators[p].get_state() for p in self.hosted},
+            "rule": self.rule.state_dict(self.hosted),
+            "attacks": {str(a): attack.state_dict() for a, attack in self.attacks.items()},
+        }
+        if self.augmenters is not None:
+            state["augment"] = {str(p): self.augmenters[p].state_dict()["generator"]
+                                for p in self.hosted}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the hosted nodes from :meth:`state_dict` output."""
+        rows = torch.tensor(self.hosted, dtype=torch.int64)
+        device_rows = rows.to(self.device)
+        self.params[device_rows] = torch.as_tensor(state["params"]).to(self.device,
+                                                                        self.params.dtype)
+        self.momentum[device_rows] = torch.as_tensor(state["momentum"]).to(self.device,
+                                                                            self.params.dtype)
+        self.rounds_trained[rows] = torch.as_tensor(state["rounds_trained"])
+        samplers = self.samplers
+        samplers.orders[rows] = torch.as_tensor(state["orders"])
+        samplers.positions[rows] = torch.as_tensor(state["positions"])
+        samplers.epochs[rows] = torch.as_tensor(state["epochs"])
+        for p in self.hosted:
+            samplers.generators[p].set_state(
+                torch.as_tensor(state["generators"][str(p)], dtype=torch.uint8))
+        self.rule.load_state_dict(state.get("rule", {}), self.hosted)
+        for a, attack in self.attacks.items():
+            if str(a) in state.get("attacks", {}):
+                attack_state = dict(state["attacks"][str(a)])
+                attack_state["generator"] = torch.as_tensor(attack_state["generator"],
+                                                            dtype=torch.uint8)
+                attack.load_state_dict(attack_state)
+        if self.augmenters is not None:
+            for p in self.hosted:
+                self.augmenters[p].load_state_dict({"generator": state["augment"][str(p)]})
+
     # ------------------------------------------------------------------ metrics
     def _metrics_line(self, round: int, node_metrics: dict[int, dict[str, float]],
                       dropped: Tensor, audit: dict[str, float]) -> dict[str, Any]:
         return metrics_line(round, self.topology, node_metrics,
                             dropped.nonzero().flatten().tolist(), audit)
+
+
+def _edges_of(inputs: AttackInputs, keep: Tensor) -> AttackInputs:
+    """``inputs`` restricted to the edges ``keep`` selects (a group's own attackers)."""
+    return replace(inputs, attackers=inputs.attackers[keep], targets=inputs.targets[keep],
+                   target_row=inputs.target_row[keep])
 
 
 def run_batched(config: RunConfig, out: str | Path | None = None, *,
