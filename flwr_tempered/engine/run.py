@@ -271,7 +271,8 @@ class BatchedEngine:
             audit: dict[str, float] = {}
             if evaluate:
                 self.evaluate_nodes(active, node_metrics)
-                audit = self.audit(active & self.honest_mask)
+                audited = (active & self.honest_mask).nonzero().flatten()
+                audit = self.audit(audited.tolist(), self.params[audited])
             if train:
                 self.train(active, node_metrics, evaluate)
                 crafted, attackers, targets = self.craft(active & self.honest_mask, previous,
@@ -387,24 +388,23 @@ class BatchedEngine:
                                strict=True):
             node_metrics[p]["accuracy"] = accuracy
 
-    def audit(self, audited: Tensor) -> dict[str, float]:
-        """The audit of the models of the ``audited`` nodes (a mask; their rows of
-        :attr:`params` must hold their current models): the average models' accuracy per
-        topology group and the consensus distance (reproduction spec §1, step 5)."""
-        nodes = audited.nonzero().flatten()
-        audit: dict[str, float] = {"audited_models": float(nodes.numel())}
-        if nodes.numel() == 0:
+    def audit(self, positions: Sequence[int], models: Tensor) -> dict[str, float]:
+        """The audit of the honest ``models`` (row ``i`` is the model of node
+        ``positions[i]``): the average models' accuracy per topology group and the
+        consensus distance (reproduction spec §1, step 5)."""
+        audit: dict[str, float] = {"audited_models": float(len(positions))}
+        if not positions:
             return audit
-        models = self.params[nodes]
+        models = models.to(device=self.device, dtype=self.params.dtype)
+        row_of = {p: i for i, p in enumerate(positions)}
         average = models.mean(dim=0)
         audit["consensus_distance"] = float(((models - average) ** 2).sum(dim=1).mean())
-        present = set(nodes.tolist())
         names, averages = [], []
         for group, members in self.topology.groups.items():
-            rows = [m for m in members if m in present]
+            rows = [row_of[m] for m in members if m in row_of]
             if rows:
                 names.append(group)
-                averages.append(self.params[rows].mean(dim=0))
+                averages.append(models[rows].mean(dim=0))
         for group, accuracy in zip(names, self._accuracy(torch.stack(averages)).tolist(),
                                    strict=True):
             suffix = "" if group == "all" else "_" + group.replace(" ", "_")

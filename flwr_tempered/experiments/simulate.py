@@ -29,10 +29,10 @@ def print_progress(line: dict[str, Any], config: RunConfig) -> None:
 
 def simulate(config: RunConfig, out: str | Path, *, progress: ProgressCallback | None = None,
              quiet: bool = True) -> Path:
-    """Run ``config`` with one simulated Flower SuperNode per topology node; return the
-    results folder. ``config.node_cpus``/``config.node_gpus`` become Ray's
-    ``client_resources``. Ray joins the cluster named by ``RAY_ADDRESS`` when it is set
-    (Ray's own rule), otherwise it starts on this machine."""
+    """Run ``config`` with one simulated Flower SuperNode per topology node (per group of
+    ``config.nodes_per_client`` nodes); return the results folder. ``config.node_cpus`` and
+    ``config.node_gpus`` become Ray's ``client_resources``. Ray joins the cluster named by
+    ``RAY_ADDRESS`` when it is set (Ray's own rule), otherwise it starts on this machine."""
     from flwr.simulation import run_simulation
 
     from flwr_tempered.node import topology_of
@@ -44,7 +44,7 @@ def simulate(config: RunConfig, out: str | Path, *, progress: ProgressCallback |
             "models in this machine's /dev/shm, so it works only while every Ray worker runs "
             "on this machine. On a cluster of several machines use exchange 'inline' "
             "(--exchange inline).", os.environ["RAY_ADDRESS"])
-    n = topology_of(config).n
+    n = -(-topology_of(config).n // config.nodes_per_client)  # one SuperNode per group
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": config.node_cpus, "num_gpus": config.node_gpus},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},

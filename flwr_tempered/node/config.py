@@ -80,9 +80,15 @@ class RunConfig:
     #: What honest nodes do with a proven equivocator: ``keep`` aggregating its messages
     #: (the robust rule copes) or ``exclude`` them from the round after the evidence.
     equivocators: str = "keep"
+    #: Graph nodes hosted by one Flower ClientApp (SuperNode). 1: one node per SuperNode.
+    #: K > 1: consecutive groups of K positions per SuperNode, each group stepped by the
+    #: batched engine (``flwr_tempered.engine.group``), so a large graph needs few
+    #: SuperNodes and Ray actors; the run then keeps no ledger and injects no faults.
+    nodes_per_client: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "rounds", "local_steps", "batch_size", "eval_every"):
+        for name in ("nodes", "rounds", "local_steps", "batch_size", "eval_every",
+                     "nodes_per_client"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -114,6 +120,11 @@ class RunConfig:
                 f"ledger_f must be -1 (default) or an integer f >= 0 with nodes >= 3f + 1 "
                 f"(nodes = {self.nodes}), got {self.ledger_f!r}"
             )
+        if self.nodes_per_client > 1 and (self.ledger or self.faults):
+            raise ValueError(
+                f"nodes_per_client = {self.nodes_per_client} hosts several graph nodes per "
+                f"SuperNode, which signs nothing and injects no faults: set ledger=False "
+                f"(--no-ledger) and no faults, or nodes_per_client = 1")
         if self.equivocators not in EQUIVOCATOR_POLICIES:
             raise ValueError(f"equivocators must be one of {', '.join(EQUIVOCATOR_POLICIES)}, "
                              f"got {self.equivocators!r}")

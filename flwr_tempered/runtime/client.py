@@ -357,6 +357,17 @@ QUERY_HANDLERS: dict[str, Handler] = {
 }
 
 
+def _group_handlers() -> dict[Handler, Callable[[Message, Context, RunConfig], Message]]:
+    from .group_client import handle_group_attack, handle_group_audit, handle_group_train
+
+    return {handle_train: handle_group_train, handle_attack: handle_group_attack,
+            handle_audit: handle_group_audit}
+
+
+#: The handlers of a SuperNode hosting a group of graph nodes (``nodes_per_client > 1``).
+GROUP_HANDLERS = _group_handlers()
+
+
 def make_client_app(config: RunConfig | None = None, tasks: TaskFactory | None = None
                     ) -> ClientApp:
     """The ClientApp of the decentralized runtime.
@@ -373,8 +384,16 @@ def make_client_app(config: RunConfig | None = None, tasks: TaskFactory | None =
         return config if config is not None else run_config_of(context)
 
     def bind(handler: Handler) -> Callable[[Message, Context], Message]:
+        grouped = GROUP_HANDLERS.get(handler)
+
         def handle(message: Message, context: Context) -> Message:
-            return handler(message, context, resolve(context), tasks)
+            run_config = resolve(context)
+            if grouped is not None and run_config.nodes_per_client > 1:
+                if tasks is not None:
+                    raise ValueError("nodes_per_client > 1 runs the built-in training task; "
+                                     "custom tasks need nodes_per_client = 1")
+                return grouped(message, context, run_config)
+            return handler(message, context, run_config, tasks)
         return handle
 
     app.train()(bind(handle_train))

@@ -18,6 +18,7 @@ from flwr_tempered.ledger import LEDGER_FILE
 from flwr_tempered.node import RunConfig
 from flwr_tempered.results import RunResults, plot_run
 from flwr_tempered.strategies import DecentralizedStrategy
+from flwr_tempered.strategies.grouped import GroupedDecentralizedStrategy
 
 from .client import run_config_of
 from .exchange import InlineExchange, ModelExchange, SharedMemoryExchange
@@ -53,7 +54,8 @@ def run_relay(grid: Grid, config: RunConfig, out: str | Path,
         if progress is not None:
             progress(line, config)
 
-    strategy = DecentralizedStrategy(config, on_metrics=on_metrics, exchange=exchange)
+    strategy = (GroupedDecentralizedStrategy if config.nodes_per_client > 1
+                else DecentralizedStrategy)(config, on_metrics=on_metrics, exchange=exchange)
     try:
         strategy.start(grid, store=store, ledger=Path(out) / LEDGER_FILE)
     finally:

@@ -80,3 +80,44 @@ def load_node_state(records: RecordDict) -> NodeState | None:
         if "training_start" in arrays else None,
         **{name: _join(name, scalars[name], arrays) for name in _SECTIONS},
     )
+
+
+def _flatten(prefix: str, tree: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """``tree`` with every tensor moved to ``arrays`` (under its path) and replaced by a
+    marker, so the rest is plain JSON."""
+    if isinstance(tree, torch.Tensor):
+        arrays[prefix] = tree.detach().cpu().numpy()
+        return {"__tensor__": str(tree.dtype)}
+    if isinstance(tree, dict):
+        return {str(k): _flatten(f"{prefix}/{k}", v, arrays) for k, v in tree.items()}
+    return tree
+
+
+def _unflatten(prefix: str, tree: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(tree, dict) and "__tensor__" in tree:
+        return torch.from_numpy(np.array(arrays[prefix]))
+    if isinstance(tree, dict):
+        return {k: _unflatten(f"{prefix}/{k}", v, arrays) for k, v in tree.items()}
+    return tree
+
+
+def save_tree(tree: dict[str, Any], records: RecordDict, key: str) -> None:
+    """Write a nested dict of tensors and plain values (a node group's state) into
+    ``records`` under ``key``: tensors into one ``ArrayRecord``, the rest as JSON."""
+    arrays: dict[str, np.ndarray] = {}
+    skeleton = _flatten("", tree, arrays)
+    records[f"{key}.arrays"] = _array_record(arrays)
+    records[f"{key}.json"] = ConfigRecord({"json": json.dumps(skeleton)})
+
+
+def load_tree(records: RecordDict, key: str) -> dict[str, Any] | None:
+    """What :func:`save_tree` wrote under ``key``, or ``None`` if nothing was."""
+    if f"{key}.arrays" not in records or f"{key}.json" not in records:
+        return None
+    record = records[f"{key}.arrays"]
+    assert isinstance(record, ArrayRecord)
+    arrays = {k: record[k].numpy() for k in record}
+    skeleton = records[f"{key}.json"]
+    assert isinstance(skeleton, ConfigRecord)
+    tree: dict[str, Any] = _unflatten("", json.loads(str(skeleton["json"])), arrays)
+    return tree

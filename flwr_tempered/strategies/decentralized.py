@@ -111,6 +111,9 @@ class DecentralizedStrategy:
         self.config = config
         self.exchange = exchange if exchange is not None else InlineExchange()
         self.topology = topology_of(config)
+        #: SuperNodes the run needs (one per topology node here; one per group of nodes
+        #: in :class:`~flwr_tempered.strategies.grouped.GroupedDecentralizedStrategy`).
+        self.participants = self.topology.n
         self.on_metrics = on_metrics
         attack = config.attack
         self.model_poisoning = (
@@ -167,22 +170,25 @@ class DecentralizedStrategy:
         node_ids: list[int] = []
         while time.monotonic() < deadline:
             node_ids = sorted(grid.get_node_ids())
-            if len(node_ids) >= self.topology.n:
+            if len(node_ids) >= self.participants:
                 break
             time.sleep(0.2)
-        if len(node_ids) < self.topology.n:
-            n = self.topology.n
+        if len(node_ids) < self.participants:
+            n = self.participants
+            per = ("one SuperNode per topology node" if n == self.topology.n else
+                   f"one SuperNode per group of {self.config.nodes_per_client} topology "
+                   f"nodes ({self.topology.n} nodes)")
             raise RuntimeError(
-                f"only {len(node_ids)} of the {n} nodes the topology needs connected "
-                f"within {NODE_WAIT_SECONDS:.0f} s: the run needs one SuperNode per "
-                f"topology node. In simulation pass --federation-config "
-                f"\"num-supernodes={n}\" to `flwr run` (Flower's default is 2); in "
-                f"deployment mode start {n} SuperNodes with partition ids 0..{n - 1}"
+                f"only {len(node_ids)} of the {n} nodes the run needs connected "
+                f"within {NODE_WAIT_SECONDS:.0f} s: the run needs {per}. In simulation "
+                f"pass --federation-config \"num-supernodes={n}\" to `flwr run` (Flower's "
+                f"default is 2); in deployment mode start {n} SuperNodes with partition "
+                f"ids 0..{n - 1}"
             )
-        provisional = dict(enumerate(node_ids[: self.topology.n]))
+        provisional = dict(enumerate(node_ids[: self.participants]))
         log = self._send(grid, HELLO, {p: {} for p in provisional}, provisional)
         claimed = {r.report.get("partition_id", -1): provisional[p] for p, r in log.replies.items()}
-        if set(claimed) == set(range(self.topology.n)):
+        if set(claimed) == set(range(self.participants)):
             return {int(p): claimed[p] for p in claimed}
         return provisional
 

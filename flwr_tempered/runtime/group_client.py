@@ -1,0 +1,176 @@
+"""The ClientApp side of a run whose SuperNodes each host a group of graph nodes.
+
+With ``nodes_per_client = K > 1`` the SuperNode with partition id ``g`` hosts topology
+positions ``g*K .. g*K + K - 1`` and steps them with the batched engine
+(:class:`~flwr_tempered.engine.group.NodeGroup`). Per round it reads the stacked
+half-step models of the groups that host its nodes' neighbours and the crafted vectors
+of the attacking groups (by digest, from the run's exchange), and publishes one stacked
+array of its own nodes' half-step models. The group's state (parameters, momentum,
+samplers, rule and attack state) lives in ``context.state`` between messages, as a
+per-node ClientApp's does; the engine object itself is cached per process so that
+the data and the model are not reloaded for every message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from flwr_tempered.engine.group import NodeGroup, Received
+from flwr_tempered.node import RunConfig
+
+from .exchange import ModelExchange, SharedMemoryExchange, make_exchange
+from .protocol import INSTRUCTIONS, METRICS, REPORT
+from .state import load_tree, save_tree
+
+#: Where a group's state lives in ``context.state``.
+GROUP_STATE = "tempered.group"
+
+
+def _instructions(message: Message) -> dict[str, Any]:
+    record = message.content[INSTRUCTIONS]
+    assert isinstance(record, ConfigRecord)
+    return json.loads(str(record["json"]))
+
+
+def _exchange(config: RunConfig, instructions: dict[str, Any]) -> ModelExchange:
+    if config.exchange == "shared":
+        return SharedMemoryExchange(instructions["store"], create=False)
+    return make_exchange(config.exchange, run_name="inline")
+
+
+def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
+           outbox: RecordDict | None = None) -> Message:
+    content = outbox if outbox is not None else RecordDict()
+    content[REPORT] = ConfigRecord({"json": json.dumps(report)})
+    content[METRICS] = MetricRecord({k: float(v) for k, v in metrics.items()})
+    return Message(content, reply_to=message)
+
+
+@lru_cache(maxsize=4)
+def _cached_group(config_json: str, positions: tuple[int, ...], run_id: int) -> NodeGroup:
+    return NodeGroup(RunConfig.from_mapping(json.loads(config_json)), positions)
+
+
+def _group(config: RunConfig, positions: Sequence[int], context: Context) -> NodeGroup:
+    """The group at ``positions`` with its state from ``context.state`` (a fresh start
+    when there is none)."""
+    group = _cached_group(json.dumps(config.to_dict(), sort_keys=True), tuple(positions),
+                          int(getattr(context, "run_id", 0)))
+    state = load_tree(context.state, GROUP_STATE)
+    if state is not None:
+        group.load_state_dict(state)
+    elif group.engine.rounds_trained[group.hosted].any():  # cached from an earlier start
+        group = NodeGroup(config, positions)
+    return group
+
+
+def _rows(exchange: ModelExchange, message: Message, entries: Sequence[Any],
+          wanted: set[int] | None = None) -> dict[int, torch.Tensor]:
+    """Position -> model from ``[digest, positions]`` entries (stacked arrays), reading
+    only the arrays that hold a ``wanted`` position. A missing or altered array is
+    skipped (its nodes count as silent)."""
+    models: dict[int, torch.Tensor] = {}
+    for digest, positions in entries:
+        if wanted is not None and not wanted & set(positions):
+            continue
+        try:
+            array = exchange.fetch(str(digest), message.content)
+        except Exception:
+            continue
+        if array.ndim != 2 or array.shape[0] != len(positions):
+            continue
+        tensor = torch.from_numpy(np.array(array))
+        for row, position in enumerate(positions):
+            models[int(position)] = tensor[row]
+    return models
+
+
+def _crafted(exchange: ModelExchange, message: Message, entries: Sequence[Any]
+             ) -> tuple[torch.Tensor | None, list[int], list[int]]:
+    blocks: list[torch.Tensor] = []
+    attackers: list[int] = []
+    targets: list[int] = []
+    for digest, edges in entries:
+        if not edges:
+            continue
+        try:
+            array = exchange.fetch(str(digest), message.content)
+        except Exception:
+            continue
+        if array.ndim != 2 or array.shape[0] != len(edges):
+            continue
+        blocks.append(torch.from_numpy(np.array(array)))
+        attackers += [int(a) for a, _ in edges]
+        targets += [int(t) for _, t in edges]
+    return (torch.cat(blocks) if blocks else None), attackers, targets
+
+
+def _publish(exchange: ModelExchange, rows: torch.Tensor | None, outbox: RecordDict) -> str:
+    if rows is None or rows.shape[0] == 0:
+        return ""
+    return exchange.publish(rows.detach().cpu().numpy(), outbox)
+
+
+def handle_group_train(message: Message, context: Context, config: RunConfig) -> Message:
+    """Aggregate, evaluate and train the hosted nodes; publish their stacked models."""
+    instructions = _instructions(message)
+    positions = [int(p) for p in instructions["positions"]]
+    group = _group(config, positions, context)
+    exchange = _exchange(config, instructions)
+    round_ = int(instructions["round"])
+    received = None
+    if instructions.get("previous_round"):
+        crafted, attackers, targets = _crafted(exchange, message, instructions["crafted"])
+        received = Received(
+            halves=_rows(exchange, message, instructions["halves"], group.needs),
+            sent=[int(p) for p in instructions["sent"]], crafted=crafted,
+            attackers=attackers, targets=targets)
+    reply = group.train_round(round_, received, evaluate=bool(instructions["evaluate"]),
+                              train=bool(instructions["train"]),
+                              publish_model=bool(instructions["publish_model"]))
+    outbox = RecordDict()
+    report = {
+        "half": _publish(exchange, reply.half, outbox), "half_positions": reply.half_positions,
+        "model": _publish(exchange, reply.models, outbox),
+        "model_positions": reply.model_positions, "dropped": reply.dropped,
+        "metrics": {str(p): m for p, m in reply.metrics.items()},
+    }
+    save_tree(group.state_dict(), context.state, GROUP_STATE)
+    return _reply(message, report, {}, outbox)
+
+
+def handle_group_attack(message: Message, context: Context, config: RunConfig) -> Message:
+    """Craft the hosted attackers' vectors from the omniscient view; publish them as one
+    stacked array with its edge list."""
+    instructions = _instructions(message)
+    positions = [int(p) for p in instructions["positions"]]
+    group = _group(config, positions, context)
+    exchange = _exchange(config, instructions)
+    halves = _rows(exchange, message, instructions["halves"])
+    previous = _rows(exchange, message, instructions.get("models", []))
+    crafted, attackers, targets = group.craft_round(
+        int(instructions["round"]), halves, [int(p) for p in instructions["published"]],
+        previous)
+    outbox = RecordDict()
+    report = {"crafted": _publish(exchange, crafted, outbox),
+              "edges": [[a, t] for a, t in zip(attackers, targets, strict=True)]}
+    save_tree(group.state_dict(), context.state, GROUP_STATE)
+    return _reply(message, report, {}, outbox)
+
+
+def handle_group_audit(message: Message, context: Context, config: RunConfig) -> Message:
+    """Average the honest models (every group's), evaluate the averages, measure the
+    consensus distance."""
+    instructions = _instructions(message)
+    positions = [int(p) for p in instructions["positions"]]
+    group = _group(config, positions, context)
+    exchange = _exchange(config, instructions)
+    models = _rows(exchange, message, instructions["models"])
+    return _reply(message, {}, group.audit(models))
