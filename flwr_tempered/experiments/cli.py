@@ -175,9 +175,14 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--step-mode", choices=["auto", "vmap", "loop"], default="auto",
                      help="batched engine: how local steps are taken (auto: vmap on a GPU "
                           "and for models without convolutions, a node loop otherwise)")
-    run.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per node")
+    run.add_argument("--nodes-per-client", type=int, default=1, metavar="K",
+                     help="flower engine: graph nodes hosted by one SuperNode, stepped by the "
+                          "batched engine (K > 1: a large graph needs few SuperNodes and Ray "
+                          "actors; no ledger)")
+    run.add_argument("--num-cpus", type=float, default=1.0,
+                     help="Ray CPUs per SuperNode")
     run.add_argument("--num-gpus", type=float, default=0.0,
-                     help="Ray GPUs per node (fractions share a GPU)")
+                     help="Ray GPUs per SuperNode (fractions share a GPU)")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -200,13 +205,17 @@ def _run(args: argparse.Namespace) -> None:
         rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
         lr=args.lr, eval_every=args.eval_every, seed=args.seed, exchange=args.exchange,
         node_cpus=args.num_cpus, node_gpus=args.num_gpus,
-        ledger=not args.no_ledger and args.engine == "flower",
+        ledger=not args.no_ledger and args.engine == "flower" and args.nodes_per_client == 1,
+        nodes_per_client=args.nodes_per_client if args.engine == "flower" else 1,
         ledger_f=args.ledger_f, equivocators=args.equivocators,
     )
     _check_buildable(config)
     if args.engine != "flower" and not args.no_ledger:
         print(f"note: the {args.engine} engine passes no messages, so the run keeps no "
               "ledger (use --engine flower for one)", file=sys.stderr)
+    elif args.nodes_per_client > 1 and not args.no_ledger:
+        print("note: SuperNodes that host several graph nodes sign nothing, so the run "
+              "keeps no ledger (use --nodes-per-client 1 for one)", file=sys.stderr)
     out = Path(args.out) if args.out else default_results_folder(config)
     runs = {config.rule: (config, out)}
     if args.compare not in ("none", config.rule):
