@@ -1,11 +1,14 @@
 """Time per call of every aggregation rule against the memory-pass floor.
 
 Prints a Markdown table: for each k (received vectors) and d (dimension), the median time
-of one call of each rule on CPU float32 inputs, next to the time of ``received.sum(0)`` (one
-pass over the input memory), and the ratio. Run::
+of one call of each rule on float32 inputs on the CPU (or, with ``--device cuda``, on the
+GPU: inputs are created there and every timing synchronises CUDA before reading the clock),
+next to the time of ``received.sum(0)`` (one pass over the input memory), and the ratio.
+Run::
 
     python benchmarks/aggregators.py            # k in {8, 32, 128}, d in {1e4, 1e6}
     python benchmarks/aggregators.py --k 8 --d 10000 --repeats 3
+    python benchmarks/aggregators.py --device cuda
 
 MOZI's loss callback here is a vector norm, so its row measures the rule's own overhead,
 not the cost of evaluating models on data.
@@ -23,6 +26,8 @@ import torch
 from machine import describe_machine
 
 from flwr_tempered.aggregators import FLTrust, Rule, available_rules, get_rule
+
+CPU = torch.device("cpu")
 
 
 def rule_parameters_for(name: str, k: int) -> dict[str, Any]:
@@ -42,13 +47,23 @@ def rule_parameters_for(name: str, k: int) -> dict[str, Any]:
     }.get(name, {})
 
 
-def median_time(call: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``call`` in seconds over ``repeats`` runs after one warm-up."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU does not)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(call: Callable[[], object], repeats: int,
+                device: torch.device = CPU) -> float:
+    """Median wall time of ``call`` in seconds over ``repeats`` runs after one warm-up,
+    synchronising ``device`` before each reading of the clock."""
     call()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         call()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -72,21 +87,25 @@ def make_call(
     return call
 
 
-def benchmark(ks: list[int], ds: list[int], repeats: int) -> list[dict[str, Any]]:
-    """Measure every rule for every (k, d); one row per (rule, k, d)."""
+def benchmark(ks: list[int], ds: list[int], repeats: int,
+              device: torch.device = CPU) -> list[dict[str, Any]]:
+    """Measure every rule for every (k, d) on inputs on ``device``; one row per
+    (rule, k, d). The inputs are drawn from one seeded CPU generator (the same values on
+    every device) and moved to ``device`` before any timing."""
     rows = []
     generator = torch.Generator().manual_seed(0)
     for d in ds:
         for k in ks:
             own = torch.randn(d, generator=generator)
-            received = own + 0.1 * torch.randn(k, d, generator=generator)
-            weights = torch.full((k + 1,), 1.0 / (k + 1))
-            floor = median_time(make_floor(received), repeats)
+            received = (own + 0.1 * torch.randn(k, d, generator=generator)).to(device)
+            own = own.to(device)
+            weights = torch.full((k + 1,), 1.0 / (k + 1), device=device)
+            floor = median_time(make_floor(received), repeats, device)
             for name in available_rules():
                 rule = get_rule(name, **rule_parameters_for(name, k))
-                reference = own + 0.1 * torch.randn(d, generator=generator)
+                reference = own + 0.1 * torch.randn(d, generator=generator).to(device)
                 call = make_call(rule, own, received, weights, reference)
-                seconds = median_time(call, repeats)
+                seconds = median_time(call, repeats, device)
                 rows.append(
                     {"rule": name, "k": k, "d": d, "ms": seconds * 1e3,
                      "floor_ms": floor * 1e3, "ratio": seconds / floor}
@@ -118,11 +137,19 @@ def main() -> None:
     parser.add_argument("--d", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the inputs live and the rules run (default: cpu)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available (torch "
+                     f"{torch.__version__} sees no GPU); run with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {describe_machine()}, CPU float32")
-    rows = benchmark(args.k, args.d, args.repeats)
+    device = torch.device(args.device)
+    where = f"CUDA ({torch.cuda.get_device_name(device)})" if device.type == "cuda" \
+        else "CPU"
+    print(f"machine: {describe_machine()}, {where} float32")
+    rows = benchmark(args.k, args.d, args.repeats, device)
     print()
     print_table(rows, args.k, args.d)
 

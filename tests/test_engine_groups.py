@@ -121,7 +121,7 @@ def test_flower_simulation_with_groups_gives_the_in_process_batched_metrics(
 
 
 def test_groups_refuse_a_ledger_with_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="nodes_per_client = 4 .* ledger=False"):
+    with pytest.raises(ValueError, match=r"nodes_per_client = 4 .* ledger=False"):
         RunConfig(**{**BASE, "ledger": True}, nodes_per_client=4)
 
 
