@@ -428,3 +428,23 @@ def test_registered_for_the_per_node_classes() -> None:
     }
     for name, cls in expected.items():
         assert batched_rule_class(get_rule(name, **EXTRA_PARAMS.get(name, {}))) is cls
+
+
+def test_a_finite_row_whose_sum_overflows_is_kept_as_by_the_per_node_rule() -> None:
+    from flwr_tempered.aggregators import get_rule
+    from flwr_tempered.engine.contracts import RuleInputs, batched_rule_class
+
+    rule = get_rule("gossip")
+    own = torch.zeros(4)
+    received = torch.stack([torch.full((4,), 3e38), torch.ones(4)])
+    weights = torch.tensor([0.5, 0.25, 0.25])
+    expected = rule(own, received, weights)
+    batched_class = batched_rule_class(rule)
+    assert batched_class is not None
+    batched = batched_class(rule, 1, torch.device("cpu"))
+    result, stats = batched(RuleInputs(
+        nodes=torch.tensor([0]), own=own[None], received=received[None],
+        present=torch.ones(1, 2, dtype=torch.bool), weights=weights[None],
+        refused=torch.zeros(1, dtype=torch.int64), round=0))
+    assert torch.allclose(result[0], expected)
+    assert float(stats["rejected_nonfinite"][0]) == 0.0 == rule.stats["rejected_nonfinite"]

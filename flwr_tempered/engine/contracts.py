@@ -84,8 +84,15 @@ BatchedStats = dict[str, Tensor]
 
 def finite_slots(received: Tensor, present: Tensor) -> Tensor:
     """``Tensor[R, K]`` bool: present slots whose vector holds only finite values (the
-    rows a per-node rule keeps after its non-finite filter)."""
-    return present & torch.isfinite(received.sum(dim=2)) & torch.isfinite(received).all(dim=2)
+    rows a per-node rule keeps after its non-finite filter). As
+    :func:`~flwr_tempered.aggregators.base.finite_rows`: one cheap sum per slot, and the
+    exact check only where the sum is not finite."""
+    finite = torch.isfinite(received.sum(dim=2))
+    suspects = (present & ~finite).nonzero()
+    if suspects.numel():  # a NaN, an Inf, or a finite row whose sum overflows
+        rows, slots = suspects[:, 0], suspects[:, 1]
+        finite[rows, slots] = torch.isfinite(received[rows, slots]).all(dim=1)
+    return present & finite
 
 
 def common_stats(inputs: RuleInputs, finite: Tensor) -> BatchedStats:
