@@ -110,6 +110,21 @@ def test_batched_attack_gives_the_per_node_metrics(attack: str,
     assert_same_metrics(batched, nodes)
 
 
+@pytest.mark.parametrize("aggregation", ["gram", "gather"])
+@pytest.mark.parametrize(("rule", "rule_args"), [
+    ("gossip", {}), ("mean", {}), ("clipped_gossip", {"tau": 0.5}), ("clipped_gossip", {}),
+    ("balance", {})])
+def test_gram_and_gathering_paths_give_the_per_node_metrics(
+        rule: str, rule_args: dict[str, Any], aggregation: str) -> None:
+    """Distance-and-weight rules from a Gram matrix of the stacked models, or on gathered
+    neighbourhoods; NaN rows from the attackers (IPM overflow) included."""
+    for attack, attack_args in (("alie", {"z": 2.0}), ("ipm", {"eps": 1e39})):
+        config = RunConfig(**BASE, rule=rule, rule_args=rule_args, attack=attack,
+                           attack_args=attack_args)
+        batched, nodes = both_engines(config, aggregation=aggregation)
+        assert_same_metrics(batched, nodes)
+
+
 def test_an_attack_without_a_batched_version_falls_back_to_the_per_node_objects() -> None:
     config = RunConfig(**BASE, rule="clipped_gossip", rule_args={"tau": 0.5},
                        attack="fang_trim", attack_args={})

@@ -22,6 +22,9 @@ from torch import Tensor, nn
 USABLE_FRACTION = 0.8
 #: Activations are kept for the backward pass and their gradients are formed as well.
 ACTIVATION_FACTOR = 3
+#: On a CPU, gathered neighbourhoods are processed in chunks of about this many bytes:
+#: larger ones gain nothing there and cost page faults and cache misses.
+CPU_GATHER_BYTES = 64 << 20
 
 
 def free_memory(device: torch.device) -> int:
@@ -64,6 +67,12 @@ class MemoryPlan:
     per_node: int
     chunk: int
     num_nodes: int
+    #: Nodes per chunk of gathered neighbourhoods (``chunk``, or fewer on a CPU).
+    gather_chunk: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gather_chunk <= 0:
+            object.__setattr__(self, "gather_chunk", self.chunk)
 
     @property
     def total(self) -> int:
@@ -79,7 +88,8 @@ class MemoryPlan:
 
 def plan_memory(*, num_nodes: int, dimension: int, element_size: int, max_degree: int,
                 edges: int, batch_size: int, activations_per_sample: int,
-                data_bytes: int, budget: int, stacked_copies: int = 5) -> MemoryPlan:
+                data_bytes: int, budget: int, stacked_copies: int = 5,
+                device_type: str = "cpu") -> MemoryPlan:
     """Chunk size for ``num_nodes`` nodes of ``dimension`` parameters within ``budget``.
 
     ``stacked_copies`` counts the ``[N, d]`` tensors that live through a round (params,
@@ -101,8 +111,10 @@ def plan_memory(*, num_nodes: int, dimension: int, element_size: int, max_degree
             f"{budget / 2**20:.1f} MiB are available; use fewer nodes, a smaller model, or "
             f"the per-node engine")
     chunk = max(1, min(num_nodes, room // per_node))
+    gather_chunk = chunk if device_type == "cuda" else max(1, min(chunk,
+                                                                  CPU_GATHER_BYTES // gathered))
     return MemoryPlan(budget=budget, persistent=persistent, per_node=per_node, chunk=int(chunk),
-                      num_nodes=num_nodes)
+                      num_nodes=num_nodes, gather_chunk=int(gather_chunk))
 
 
 def default_budget(device: torch.device) -> int:

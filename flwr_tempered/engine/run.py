@@ -68,7 +68,13 @@ from .contracts import (
 )
 from .functional import FlatModel, choose_step_mode
 from .memory import MemoryPlan, activation_elements, default_budget, plan_memory
+from .rules_gram import SlotGeometry, StackedGeometry, gram_rule_for
 from .samplers import StackedSamplers
+
+#: The distance-and-weight rules take the Gram path when the stacked models are few
+#: compared with the slots to aggregate: ``M^2 <= GRAM_RATIO * R * K`` (a dense Gram
+#: matrix costs ``M^2 d``, gathering the neighbourhoods a few passes over ``R K d``).
+GRAM_RATIO = 4
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +92,22 @@ class EngineOptions:
         memory_budget: bytes the run may plan with (default: 80 % of the device's free
             memory); nodes are processed in chunks that fit it.
         fallback: ``True`` to force the per-node rule and attack objects (for checks).
+        aggregation: ``auto``, ``gram`` or ``gather``: how distance-and-weight rules
+            (gossip, mean, ClippedGossip, BALANCE) aggregate: from a Gram matrix of the
+            stacked models, or on gathered neighbourhoods (``auto``: the cheaper one,
+            see :data:`GRAM_RATIO`; other rules always gather).
     """
 
     device: torch.device | str | None = None
     step_mode: str = "auto"
     memory_budget: int | None = None
     fallback: bool = False
+    aggregation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in ("auto", "gram", "gather"):
+            raise ValueError(f"aggregation must be auto, gram or gather, got "
+                             f"{self.aggregation!r}")
 
 
 class BatchedEngine:
@@ -180,6 +196,7 @@ class BatchedEngine:
         self.count_rule = build_rule(config)
         batched = None if fallback else batched_rule_class(self.count_rule)
         self.rule: BatchedRule
+        self.gram_rule = None if fallback else gram_rule_for(self.count_rule)
         if batched is not None:
             try:
                 self.rule = batched(build_rule(config), self.n, self.device, self._losses)
@@ -240,7 +257,8 @@ class BatchedEngine:
             num_nodes=self.n, dimension=self.flat.dimension, element_size=element,
             max_degree=self.max_degree, edges=edges, batch_size=self.config.batch_size,
             activations_per_sample=activations, data_bytes=data_bytes,
-            budget=budget if budget is not None else default_budget(self.device))
+            budget=budget if budget is not None else default_budget(self.device),
+            device_type=self.device.type)
         if self.crafter is not None:
             self.crafter.max_elements = max(
                 self.flat.dimension * (self.max_degree + 1),
@@ -323,26 +341,79 @@ class BatchedEngine:
             node_metrics[p]["received"] = float(counts_list[p])
             if counts_list[p] and p not in self.topology.byzantine:
                 node_metrics[p]["rejected_malformed"] = 0.0
-        zeros = torch.zeros(self.n, dtype=torch.int64, device=self.device)
-        for lo in range(0, aggregating.numel(), self.plan.chunk):
-            nodes = aggregating[lo:lo + self.plan.chunk]
+        if aggregating.numel():
+            cheaper = sources.shape[0] ** 2 <= GRAM_RATIO * aggregating.numel() * \
+                self.max_degree
+            wanted = self.options.aggregation
+            if self.gram_rule is not None and (wanted == "gram" or (wanted == "auto"
+                                                                     and cheaper)):
+                self._aggregate_by_gram(sources, slot_source, present, aggregating, round,
+                                        node_metrics, evaluate)
+            else:
+                self._aggregate_by_gathering(sources, slot_source, present, aggregating,
+                                             round, node_metrics, evaluate)
+        for p in dropped.nonzero().flatten().tolist():
+            node_metrics.pop(p, None)
+        return node_metrics, dropped
+
+    def _weights(self, nodes: Tensor, mask: Tensor) -> Tensor:
+        """Own's mixing weight then each present slot's, as
+        :meth:`~flwr_tempered.node.Node.mixing_row` makes them (float64, then cast)."""
+        slot_weights = torch.where(mask, self.neighbour_weights[nodes],
+                                   torch.zeros_like(self.neighbour_weights[nodes]))
+        return torch.cat([1.0 - slot_weights.sum(dim=1, keepdim=True), slot_weights],
+                         dim=1).to(self.params.dtype)
+
+    def _aggregate_by_gathering(self, sources: Tensor, slot_source: Tensor, present: Tensor,
+                                aggregating: Tensor, round: int,
+                                node_metrics: dict[int, dict[str, float]], evaluate: bool
+                                ) -> None:
+        """The batched rule on gathered ``[R, K, d]`` neighbourhoods, chunk by chunk
+        (padded slots read an appended zero row)."""
+        padded = torch.cat([sources, sources.new_zeros((1, sources.shape[1]))])
+        zero_row = sources.shape[0]
+        refused = torch.zeros(self.n, dtype=torch.int64, device=self.device)
+        chunk = self.plan.gather_chunk
+        for lo in range(0, aggregating.numel(), chunk):
+            nodes = aggregating[lo:lo + chunk]
             mask = present[nodes]
-            index = slot_source[nodes].clamp(min=0)
-            received = sources[index] * mask.unsqueeze(2).to(sources.dtype)
-            slot_weights = torch.where(mask, self.neighbour_weights[nodes],
-                                       torch.zeros_like(self.neighbour_weights[nodes]))
-            weights = torch.cat([1.0 - slot_weights.sum(dim=1, keepdim=True), slot_weights],
-                                dim=1).to(self.params.dtype)
-            inputs = RuleInputs(nodes=nodes, own=self.params[nodes], received=received,
-                                present=mask, weights=weights, refused=zeros[nodes],
-                                round=round)
+            index = torch.where(mask, slot_source[nodes], torch.full_like(mask, zero_row,
+                                                                          dtype=torch.int64))
+            inputs = RuleInputs(nodes=nodes, own=self.params[nodes], received=padded[index],
+                                present=mask, weights=self._weights(nodes, mask),
+                                refused=refused[nodes], round=round)
             result, stats = self.rule(inputs)
             self.params[nodes] = result.to(self.params.dtype)
             if evaluate:
                 self._record_stats(nodes, stats, node_metrics)
-        for p in dropped.nonzero().flatten().tolist():
-            node_metrics.pop(p, None)
-        return node_metrics, dropped
+
+    def _aggregate_by_gram(self, sources: Tensor, slot_source: Tensor, present: Tensor,
+                           aggregating: Tensor, round: int,
+                           node_metrics: dict[int, dict[str, float]], evaluate: bool) -> None:
+        """Distance-and-weight rules from one Gram matrix of the stacked models and one
+        matrix product per chunk (:mod:`~flwr_tempered.engine.rules_gram`)."""
+        assert self.gram_rule is not None
+        geometry = StackedGeometry(sources)
+        refused = torch.zeros(self.n, dtype=torch.int64, device=self.device)
+        chunk = self.plan.chunk
+        for lo in range(0, aggregating.numel(), chunk):
+            nodes = aggregating[lo:lo + chunk]
+            mask = present[nodes]
+            slot_rows = slot_source[nodes].clamp(min=0)
+            finite = geometry.finite[slot_rows]
+            kept, dirty = mask & finite, mask & ~finite
+            distances = torch.where(kept, geometry.distances(nodes, slot_rows), 0.0)
+            shape = SlotGeometry(kept=kept, dirty=dirty, weights=self._weights(nodes, mask),
+                                 refused=refused[nodes],
+                                 distances=distances.to(self.params.dtype),
+                                 own_norms=geometry.norms[nodes], round=round)
+            coefficients, rule_stats = self.gram_rule.coefficients(shape)
+            self.params[nodes] = geometry.combine(nodes, slot_rows, coefficients, kept).to(
+                self.params.dtype)
+            if evaluate:
+                stats = shape.common_stats(mask)
+                stats.update(rule_stats)
+                self._record_stats(nodes, stats, node_metrics)
 
     @staticmethod
     def _record_stats(nodes: Tensor, stats: dict[str, Tensor],

@@ -96,6 +96,12 @@ def describe_plan(experiment: str, preset: str = "cpu", root: str | Path = DEFAU
             what = (f"{c.nodes} nodes on {c.topology}, {c.byzantine} Byzantine ({c.attack}), "
                     f"rule {c.rule}, {c.dataset}/{c.model}, {c.rounds} steps")
         lines.append(f"  {case.key:<40} {what}  [{state}]")
+    runs = [c.config for c in cases if not isinstance(c.labels.get("setting"), ConsensusSetting)
+            and not is_done(base / c.key, c)]
+    if runs:
+        from .estimate import describe_estimate
+
+        lines.append(describe_estimate(runs))
     return lines
 
 
