@@ -260,9 +260,11 @@ class BatchedEngine:
             budget=budget if budget is not None else default_budget(self.device),
             device_type=self.device.type)
         if self.crafter is not None:
+            # The attack gathers [targets, H + 1, d]: as large as a chunk of
+            # neighbourhoods may be (on a CPU, as small as one).
             self.crafter.max_elements = max(
                 self.flat.dimension * (self.max_degree + 1),
-                plan.chunk * plan.per_node // element)
+                plan.gather_chunk * plan.per_node // element)
         return plan
 
     # ------------------------------------------------------------------ the loop
