@@ -233,3 +233,21 @@ def test_on_cuda_the_engine_gives_the_cpu_metrics() -> None:
                        attack_args={"z": 2.0})
     cuda = run_batched(config, plot=False, options=EngineOptions(device="cuda"))
     assert_same_metrics(cuda, run_in_process(config, plot=False))
+
+
+def test_the_command_line_runs_the_batched_and_per_node_engines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``flwr-tempered run --engine batched`` (and ``--engine nodes``): same metrics."""
+    from flwr_tempered.experiments.cli import main
+
+    common = ["--topology", "ring", "--nodes", "6", "--byzantine", "1", "--attack", "ipm",
+              "--dataset", "digits", "--model", "logistic_regression", "--rounds", "2",
+              "--eval-every", "1", "--rule", "clipped_gossip", "--rule-arg", "tau=0.5"]
+    assert main(["run", *common, "--engine", "batched", "--device", "cpu", "--step-mode",
+                 "auto", "--out", str(tmp_path / "batched")]) == 0
+    assert "keeps no ledger" in capsys.readouterr().err
+    assert main(["run", *common, "--engine", "nodes", "--compare", "none",
+                 "--out", str(tmp_path / "nodes")]) == 0
+    assert_same_metrics(read_metrics(tmp_path / "batched"), read_metrics(tmp_path / "nodes"))
+    assert (tmp_path / "batched" / "comparison.png").exists()  # against gossip, batched too
+    assert not (tmp_path / "batched" / "ledger.sqlite").exists()

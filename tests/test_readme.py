@@ -128,7 +128,12 @@ EXERCISES: dict[str, Exercise] = {
     "{\"z\": 10}, \"sign_flip\": {\"scale\": 4}}'": Exercise(
         "shortened", "--strategies median --attacks alie --rounds 1 "
                      "--model logistic_regression"),
+    "flwr-tempered run --engine batched": Exercise(
+        "covered", test="tests/test_engine.py::"
+                        "test_the_command_line_runs_the_batched_and_per_node_engines"),
     # Scaling out
+    "flwr-tempered run --nodes 64 --nodes-per-client 16 --rounds 5 --no-ledger": Exercise(
+        "shortened", "--rounds 1 --compare none"),
     "ray start --head --port 6379": RAY_CLUSTER,
     "ray start --address HEAD_IP:6379": RAY_CLUSTER,
     "RAY_ADDRESS=HEAD_IP:6379 flwr-tempered run --exchange inline --nodes 64 --num-cpus 2":
@@ -166,6 +171,15 @@ EXERCISES: dict[str, Exercise] = {
         "covered", test="tests/test_benchmarks.py::"
                         "test_server_strategy_benchmark_prints_a_row_for_every_strategy"),
     "python benchmarks/runtime.py": Exercise("shortened", "--rounds 2 --only default"),
+    "python benchmarks/engine.py": Exercise(
+        "covered", test="tests/test_benchmarks.py::"
+                        "test_engine_benchmark_times_both_engines_on_the_seed_setting"),
+    "python benchmarks/aggregators.py --device cuda": Exercise(
+        "covered", test="tests/test_benchmarks.py::"
+                        "test_aggregator_benchmark_on_cuda_or_a_clear_refusal"),
+    "python benchmarks/engine.py --device cuda": Exercise(
+        "covered", test="tests/test_benchmarks.py::"
+                        "test_aggregator_benchmark_on_cuda_or_a_clear_refusal"),
     "python benchmarks/ledger.py": Exercise("shortened", "--rounds 2 --blocks 3"),
     # Testing
     "python -m pytest -q -m slow": Exercise("collect"),

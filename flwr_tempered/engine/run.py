@@ -20,9 +20,9 @@ of evaluation rounds. The results folder is the per-node runtime's: ``config.jso
 ``metrics.jsonl``, ``timings.json`` and ``accuracy.png``.
 
 Equivalence with the per-node engine holds up to float rounding for models without
-dropout. With dropout, each node's dropout masks come from a different random stream
-(vmap draws per-node masks from the global generator in one call; the per-node engine
-draws them node after node), so the two engines' runs differ like two seeds of dropout.
+dropout. With dropout, the nodes' dropout masks can come from the global generator in
+another order (vmap draws every node's masks in one call; the per-node engine draws them
+node after node), so the two engines' runs can differ like two seeds of dropout.
 """
 
 from __future__ import annotations
