@@ -108,7 +108,7 @@ def test_flower_messages_with_groups_give_the_in_process_batched_metrics(
     assert_same_metrics(read_metrics(tmp_path), whole)
 
 
-@pytest.mark.slow
+@pytest.mark.end_to_end
 def test_flower_simulation_with_groups_gives_the_in_process_batched_metrics(
         tmp_path: Path) -> None:
     from flwr_tempered.experiments.simulate import simulate
@@ -125,6 +125,7 @@ def test_groups_refuse_a_ledger_with_a_clear_error() -> None:
         RunConfig(**{**BASE, "ledger": True}, nodes_per_client=4)
 
 
+@pytest.mark.end_to_end
 def test_the_command_line_runs_groups_through_flower(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["run", "--topology", "ring", "--nodes", "6", "--byzantine", "1",

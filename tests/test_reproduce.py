@@ -317,8 +317,9 @@ def test_dry_run_lists_the_runs_and_what_is_done_without_running(
                  "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("dumbbell (full preset): 10 runs")
-    assert len(lines) == 11
-    assert all("mnist/mnist_cnn" in line and "[to run]" in line for line in lines[1:])
+    assert len(lines) == 12
+    assert all("mnist/mnist_cnn" in line and "[to run]" in line for line in lines[1:11])
+    assert lines[11].startswith("estimated wall time with the batched engine on ")
     assert not any(tmp_path.iterdir())
     run_experiment("consensus", root=tmp_path, only=["a0.05-d0.01-gossip"], rounds=5,
                    echo=lambda _: None)
