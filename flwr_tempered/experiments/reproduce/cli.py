@@ -31,12 +31,13 @@ def add_reproduce_parsers(commands: Any) -> None:
         sub.add_argument("--out", default=str(DEFAULT_ROOT),
                          help=f"results root (default {DEFAULT_ROOT}); runs go to "
                               "OUT/EXPERIMENT/PRESET/RUN")
-    reproduce.add_argument("--engine", choices=ENGINES, default="batched",
-                           help="batched (default): every node of a run stepped as one "
-                                "computation on one device; nodes: the per-node loop in this "
-                                "process; flower: each run through Flower's simulation "
-                                "engine (all three write the same metrics; inprocess is the "
-                                "former name of nodes)")
+    reproduce.add_argument("--engine", choices=ENGINES, default="nodes",
+                           help="nodes (default, the engine of docs/reproduction.md): the "
+                                "per-node loop in this process; batched: every node of a run "
+                                "stepped as one computation on one device (faster, same "
+                                "metrics to float rounding); flower: each run through "
+                                "Flower's simulation engine (inprocess is the former name "
+                                "of nodes)")
     reproduce.add_argument("--jobs", type=int, default=1,
                            help="runs at a time (in-process engine; one torch thread each)")
     reproduce.add_argument("--only", action="append", default=[], metavar="TEXT",
@@ -102,7 +103,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         return 0
     if action == "reproduce":
         run_experiment(experiment, args.preset, args.out, engine=getattr(args, "engine",
-                       "batched"), jobs=getattr(args, "jobs", 1),
+                       "nodes"), jobs=getattr(args, "jobs", 1),
                        only=getattr(args, "only", []), rounds=getattr(args, "rounds", None))
         if getattr(args, "no_plot", False):
             return 0

@@ -121,7 +121,7 @@ def is_done(folder: Path, case: Case) -> bool:
     return bool(done.get("fingerprint") == json.loads(json.dumps(_fingerprint(case))))
 
 
-def run_case(case: Case, folder: Path, engine: str = "batched",
+def run_case(case: Case, folder: Path, engine: str = "nodes",
              progress: Callable[[dict[str, Any], RunConfig], None] | None = None) -> float:
     """Run one case into ``folder`` (started over); return its wall time in seconds."""
     start = time.perf_counter()
@@ -168,7 +168,7 @@ def _case_worker(case: Case, folder: str, engine: str) -> float:
 
 
 def run_experiment(experiment: str, preset: str = "cpu", root: str | Path = DEFAULT_ROOT, *,
-                   engine: str = "batched", jobs: int = 1, only: Sequence[str] = (),
+                   engine: str = "nodes", jobs: int = 1, only: Sequence[str] = (),
                    rounds: int | None = None, eval_every: int | None = None,
                    echo: Printer = _stderr,
                    round_progress: bool = True) -> Path:
