@@ -87,6 +87,11 @@ def _only_where(values: Tensor, rows: Tensor) -> Tensor:
 class GramRule(ABC):
     """A rule as coefficients over own and the slots, from a :class:`SlotGeometry`."""
 
+    #: The per-node rule adds a step to own (``x_i + sum_j c_j (x_j - x_i)``) rather than
+    #: mixing (``c_0 x_i + sum_j c_j x_j``): combined in that form, the float rounding
+    #: follows the per-node rule's.
+    relative: bool = False
+
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
 
@@ -123,6 +128,8 @@ class GramGossip(GramRule):
 class GramClippedGossip(GramRule):
     """``x_i + sum_j W_ij clip(x_j - x_i, tau)``: coefficient ``W_ij min(1, tau/d_ij)``
     per slot and the rest on own; fixed or adaptive ``tau`` as the per-node rule."""
+
+    relative = True
 
     def __init__(self, rule: Rule) -> None:
         super().__init__(rule)
@@ -221,15 +228,24 @@ class StackedGeometry:
         return squared.clamp(min=0.0).sqrt()
 
     def combine(self, own_rows: Tensor, slot_rows: Tensor, coefficients: Tensor,
-                kept: Tensor) -> Tensor:
+                kept: Tensor, relative: bool = False) -> Tensor:
         """``[R, d]``: ``coefficients[r, 0] * own + sum_k coefficients[r, k + 1] *
-        sources[slot_rows[r, k]]`` over kept slots, as one matrix product."""
+        sources[slot_rows[r, k]]`` over kept slots, as one matrix product; with
+        ``relative``, ``own + (sum_k c_k x_k - (sum_k c_k) own)`` (the slots' coefficients
+        only, the per-node ClippedGossip's order of operations)."""
         sources = self.sources
+        slots = torch.where(kept, coefficients[:, 1:], 0.0).to(sources.dtype)
         weights = torch.zeros(coefficients.shape[0], sources.shape[0],
                               dtype=sources.dtype, device=sources.device)
-        weights.scatter_add_(1, own_rows.unsqueeze(1), coefficients[:, :1].to(sources.dtype))
-        weights.scatter_add_(1, slot_rows, torch.where(kept, coefficients[:, 1:], 0.0)
-                             .to(sources.dtype))
+        if not relative:
+            weights.scatter_add_(1, own_rows.unsqueeze(1),
+                                 coefficients[:, :1].to(sources.dtype))
+        weights.scatter_add_(1, slot_rows, slots)
         if self.rows.numel() < sources.shape[0]:
-            return weights[:, self.rows] @ sources[self.rows]
-        return weights @ sources
+            mixed = weights[:, self.rows] @ sources[self.rows]
+        else:
+            mixed = weights @ sources
+        if not relative:
+            return mixed
+        own = sources[own_rows]
+        return own + (mixed - slots.sum(dim=1, keepdim=True) * own)

@@ -410,8 +410,9 @@ class BatchedEngine:
                                  distances=distances.to(self.params.dtype),
                                  own_norms=geometry.norms[nodes], round=round)
             coefficients, rule_stats = self.gram_rule.coefficients(shape)
-            self.params[nodes] = geometry.combine(nodes, slot_rows, coefficients, kept).to(
-                self.params.dtype)
+            self.params[nodes] = geometry.combine(
+                nodes, slot_rows, coefficients, kept,
+                relative=self.gram_rule.relative).to(self.params.dtype)
             if evaluate:
                 stats = shape.common_stats(mask)
                 stats.update(rule_stats)
