@@ -20,37 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 
 from flwr_tempered.engine.group import NodeGroup, Received
 from flwr_tempered.node import RunConfig
 
-from .exchange import ModelExchange, SharedMemoryExchange, make_exchange
-from .protocol import INSTRUCTIONS, METRICS, REPORT
+from .client import _exchange, _instructions, _reply
+from .exchange import ModelExchange
 from .state import load_tree, save_tree
 
 #: Where a group's state lives in ``context.state``.
 GROUP_STATE = "tempered.group"
-
-
-def _instructions(message: Message) -> dict[str, Any]:
-    record = message.content[INSTRUCTIONS]
-    assert isinstance(record, ConfigRecord)
-    return json.loads(str(record["json"]))
-
-
-def _exchange(config: RunConfig, instructions: dict[str, Any]) -> ModelExchange:
-    if config.exchange == "shared":
-        return SharedMemoryExchange(instructions["store"], create=False)
-    return make_exchange(config.exchange, run_name="inline")
-
-
-def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
-           outbox: RecordDict | None = None) -> Message:
-    content = outbox if outbox is not None else RecordDict()
-    content[REPORT] = ConfigRecord({"json": json.dumps(report)})
-    content[METRICS] = MetricRecord({k: float(v) for k, v in metrics.items()})
-    return Message(content, reply_to=message)
 
 
 @lru_cache(maxsize=4)
