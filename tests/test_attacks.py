@@ -238,6 +238,28 @@ def test_output_has_one_row_per_target_with_own_dtype(name: str, dtype: torch.dt
     assert empty.shape == (0, 4)
 
 
+@pytest.mark.parametrize("name", sorted(set(available_attacks())))
+def test_attacks_that_skip_training_send_the_same_whatever_their_own_model(name: str) -> None:
+    """``reads_own_model = False`` lets the runtimes skip an attacker's training; that is
+    only sound when another own model (and own previous model) changes nothing sent."""
+    kwargs = ATTACK_KWARGS.get(name, {})
+    view = generic_view(F64)
+    other = AttackView(view.own + 3.0, view.targets, own_previous=view.own_previous - 1.0,
+                       round=view.round, total_rounds=view.total_rounds)
+    first, second = get_attack(name, **kwargs), get_attack(name, **kwargs)
+    if first.reads_own_model:
+        if isinstance(first, ModelPoisoningAttack):
+            assert not torch.equal(first(view), second(other)), name
+        return
+    torch.testing.assert_close(first(view), second(other), rtol=0, atol=0)
+
+
+def test_only_noise_around_own_reads_the_gaussian_attackers_model() -> None:
+    assert get_attack("gaussian", around="own").reads_own_model
+    assert not get_attack("gaussian", around="zero").reads_own_model
+    assert get_attack("label_flip").reads_own_model
+
+
 # ----------------------------------------------------------------------- dissensus
 def test_dissensus_hand_example() -> None:
     # pull = 0.25 * ([3,0]-[1,0]) + 0.25 * ([1,2]-[1,0]) = [0.5, 0.5]

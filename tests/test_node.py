@@ -130,3 +130,28 @@ def test_sign_flip_attacker_reverses_its_own_update_across_a_state_round_trip() 
                                           honest_models=[zeros] * len(honest))], round=0)
     assert torch.allclose(crafted[target], start - 2.0 * (trained - start),
                           atol=1e-6)
+
+
+@pytest.mark.parametrize(("attack", "trains"), [("ipm", False), ("label_flip", True)])
+def test_an_attacker_trains_only_when_its_attack_reads_its_own_model(attack: str,
+                                                                      trains: bool) -> None:
+    world = build_world(RunConfig(**{**CONFIG.to_dict(), "attack": attack,
+                                     "attack_args": {}}))
+    attacker = Node(sorted(world.topology.byzantine)[0], world)
+    start = attacker.state.params.clone()
+    metrics = attacker.train(round=0)
+    assert torch.equal(attacker.state.params, start) is not trains
+    assert ("train_loss" in metrics) is trains
+
+
+def test_the_batched_engine_leaves_untrained_attackers_as_they_were() -> None:
+    from flwr_tempered.engine import BatchedEngine
+
+    engine = BatchedEngine(RunConfig(**{**CONFIG.to_dict(), "ledger": False,
+                                        "attack_args": {}}))
+    attackers = sorted(engine.topology.byzantine)
+    start = engine.params.clone()
+    engine.train(torch.ones(CONFIG.nodes, dtype=torch.bool), {}, evaluate=False)
+    assert torch.equal(engine.params[attackers], start[attackers])
+    honest = [p for p in range(CONFIG.nodes) if p not in attackers]
+    assert not torch.equal(engine.params[honest], start[honest])

@@ -55,6 +55,11 @@ class ALIE(ModelPoisoningAttack):
     neighbourhoods (e.g. ``n = 4, m = 1``), exactly as the formula gives.
     """
 
+    @property
+    def reads_own_model(self) -> bool:
+        """Crafted from the targets' honest neighbourhoods alone."""
+        return False
+
     def __init__(self, z: float | None = None) -> None:
         super().__init__()
         if z is not None:

@@ -40,6 +40,11 @@ class BalanceAdaptive(ModelPoisoningAttack):
     uses_previous = True
     uses_rule = True
 
+    @property
+    def reads_own_model(self) -> bool:
+        """Crafted from the targets' models and neighbourhoods alone."""
+        return False
+
     def __init__(self, margin: float = 0.05, gamma: float = 0.3, kappa: float = 1.0,
                  total_rounds: int | None = None) -> None:
         super().__init__()

@@ -22,6 +22,11 @@ class Dissensus(ModelPoisoningAttack):
     sent its own model.
     """
 
+    @property
+    def reads_own_model(self) -> bool:
+        """Crafted from the targets' honest neighbourhoods alone."""
+        return False
+
     def __init__(self, eps: float = 1.5) -> None:
         super().__init__()
         check_finite(self.name, "eps", eps, minimum=0.0, strict=True)

@@ -54,6 +54,11 @@ class FangTrim(ModelPoisoningAttack):
     needs_previous = True
     uses_previous = True
 
+    @property
+    def reads_own_model(self) -> bool:
+        """Crafted from the targets' honest neighbourhoods alone."""
+        return False
+
     def __init__(self, b: float = 2.0, seed: int = 0) -> None:
         super().__init__(seed)
         check_finite(self.name, "b", b, minimum=1.0, strict=True)
@@ -98,6 +103,11 @@ class FangKrum(ModelPoisoningAttack):
 
     needs_previous = True
     uses_previous = True
+
+    @property
+    def reads_own_model(self) -> bool:
+        """Crafted from the targets' honest neighbourhoods alone."""
+        return False
 
     def __init__(self, lambda_threshold: float = 1e-5) -> None:
         super().__init__()

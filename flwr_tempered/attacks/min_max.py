@@ -45,6 +45,11 @@ class _AgrAgnostic(ModelPoisoningAttack):
     uses_previous = True
     PERTURBATIONS: ClassVar[tuple[str, ...]] = ("std", "unit", "sign")
 
+    @property
+    def reads_own_model(self) -> bool:
+        """Crafted from the targets' honest neighbourhoods alone."""
+        return False
+
     def __init__(self, perturbation: str = "std", gamma_init: float = 10.0,
                  tol: float = 1e-5) -> None:
         super().__init__()

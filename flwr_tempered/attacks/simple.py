@@ -40,6 +40,11 @@ class Gaussian(ModelPoisoningAttack):
 
     AROUND = ("zero", "own")
 
+    @property
+    def reads_own_model(self) -> bool:
+        """Only noise around the attacker's own model reads it."""
+        return self.around == "own"
+
     def __init__(self, sigma: float = 1.0, around: str = "zero", seed: int = 0) -> None:
         super().__init__(seed)
         check_finite(self.name, "sigma", sigma, minimum=0.0)
@@ -82,6 +87,11 @@ class InnerProductManipulation(ModelPoisoningAttack):
     Xie, Koyejo, Gupta, "Fall of empires: breaking Byzantine-tolerant SGD by inner product
     manipulation", UAI 2019 (there applied to gradients; here to the exchanged models).
     """
+
+    @property
+    def reads_own_model(self) -> bool:
+        """Crafted from the targets' honest neighbourhoods alone."""
+        return False
 
     def __init__(self, eps: float = 0.1) -> None:
         super().__init__()

@@ -223,6 +223,12 @@ class BatchedEngine:
             config.attack != "none" else []
         first = next(iter(self.attacks.values()), kinds[0] if kinds else None)
         self.poisoning = isinstance(first, ModelPoisoningAttack)
+        # Attackers whose attack never reads their own model skip local training (as
+        # Node.train does): it could not change what they send.
+        self.trainees = self.honest_mask.clone()
+        for attacker in self.byzantine:
+            if first is None or first.reads_own_model:
+                self.trainees[attacker] = True
         self.data_poisoners = {a: attack for a, attack in self.attacks.items()
                                if isinstance(attack, DataPoisoningAttack)}
         self.crafter: BatchedAttack | None = None
@@ -491,7 +497,7 @@ class BatchedEngine:
         """``local_steps`` SGD steps with heavy-ball momentum for every active hosted
         node (Byzantine nodes too: they disguise themselves with an honest model)."""
         config = self.config
-        active = active & self.local
+        active = active & self.local & self.trainees
         rows = active.nonzero().flatten()
         lr = torch.tensor([config.lr_at(int(r)) for r in self.rounds_trained.tolist()],
                           dtype=self.params.dtype, device=self.device)
@@ -522,7 +528,10 @@ class BatchedEngine:
                 else:
                     momentum = self.momentum[chunk].mul_(config.momentum).add_(grads)
                     self.momentum[chunk] = momentum
-                    self.params[chunk] = params - lr[chunk].unsqueeze(1) * momentum
+                    # The contiguous branch's arithmetic, so that results do not depend
+                    # on how the rows fall into chunks.
+                    self.params[chunk] = params.addcmul_(lr[chunk].unsqueeze(1), momentum,
+                                                         value=-1.0)
             losses += step_losses
         self.rounds_trained[active.cpu()] += 1
         if evaluate:

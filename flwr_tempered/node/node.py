@@ -198,7 +198,12 @@ class Node:
         return metrics
 
     def train(self, round: int) -> dict[str, float]:
-        """Local training from the current model; the result is what the node sends."""
+        """Local training from the current model; the result is what the node sends.
+
+        An attacker whose attack never reads its own model (ALIE, IPM, dissensus, ...)
+        skips it: its training could not change anything it sends."""
+        if self.attack is not None and not self.attack.reads_own_model:
+            return {}
         transform = self.attack.poison if isinstance(self.attack, DataPoisoningAttack) else None
         if self.attack is not None and self.attack.needs_own_previous:
             self.state.training_start = self.state.params.detach().clone()
