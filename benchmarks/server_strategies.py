@@ -16,6 +16,7 @@ sample), so that Flower's Bulyan (tens of seconds at k = 128) is timed once. Run
 
     python benchmarks/server_strategies.py                 # k in {32, 128}, the MNIST CNN
     python benchmarks/server_strategies.py --k 16 --d 1000 --repeats 1
+    python benchmarks/server_strategies.py --k 128 --device cuda   # our rules on the GPU
 
 Differences from Flower: the Krum family's can be large with nearly equal Krum scores,
 because Flower computes distances in float32 as ``|a|^2 + |b|^2 - 2 a.b`` on the raw
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 from flwr.supercore.task_identity import TaskIdentity
@@ -186,7 +188,8 @@ def max_difference(a: ArrayRecord | None, b: ArrayRecord | None) -> float:
                             - b[key].numpy().astype(np.float64)).max()) for key in b)
 
 
-def benchmark(ks: list[int], d: int, repeats: int, budget_s: float) -> list[dict[str, Any]]:
+def benchmark(ks: list[int], d: int, repeats: int, budget_s: float,
+              device: str = "cpu") -> list[dict[str, Any]]:
     """Measure every case for every ``k``; one row per (case, k)."""
     shapes = model_shapes(d)
     d = sum(math.prod(shape) for shape in shapes.values())
@@ -197,6 +200,7 @@ def benchmark(ks: list[int], d: int, repeats: int, budget_s: float) -> list[dict
         flower_done: dict[StrategyFactory, tuple[float, ArrayRecord | None]] = {}
         for case in CASES:
             strategy = case.ours(k, f, d)
+            strategy.device = torch.device(device)
             strategy.set_global_model(global_record)
             ours_s, ours_arrays = time_aggregation(strategy, replies, repeats, budget_s)
             flower_s, difference = math.nan, math.nan
@@ -235,15 +239,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="samples per strategy")
     parser.add_argument("--budget", type=float, default=15.0,
                         help="seconds per strategy after which sampling stops")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where our strategies' rules run (Flower's run on the CPU "
+                        "with numpy)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
     # Messages need a task identity outside a Flower run; Flower's per-call INFO lines
     # would drown the table.
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = 0
     TaskIdentity.task_id = 0
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    print(f"machine: {describe_machine()}, CPU float32, d = {args.d:,}")
-    rows = benchmark(args.k, args.d, args.repeats, args.budget)
+    where = "CPU" if args.device == "cpu" else torch.cuda.get_device_name()
+    print(f"machine: {describe_machine()}, our rules on {where}, float32, d = {args.d:,}")
+    rows = benchmark(args.k, args.d, args.repeats, args.budget, args.device)
     print()
     print_table(rows)
 

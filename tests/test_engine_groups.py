@@ -57,21 +57,23 @@ def relay_in_python(config: RunConfig, per_group: int) -> list[dict[str, Any]]:
         topology = hosted.engine.topology
         models = {p: r.models[i] for r in replies if r.models is not None
                   for i, p in enumerate(r.model_positions)}
+        # Only the exported rows travel; ``sent`` lists every node that trained.
         halves = {p: r.half[i] for r in replies if r.half is not None
-                  for i, p in enumerate(r.half_positions)}
+                  for i, p in enumerate(r.exported_positions)}
+        sent = sorted(p for r in replies for p in r.half_positions)
         if train:
             blocks, attackers, targets = [], [], []
             for g, members in enumerate(groups):
                 if any(p in topology.byzantine for p in members):
                     hosted = group(g)
                     crafted, a, b = hosted.craft_round(
-                        t + 1, halves, [p for p in halves if p not in topology.byzantine],
+                        t + 1, halves, [p for p in sent if p not in topology.byzantine],
                         models)
                     states[g] = hosted.state_dict()
                     blocks.append(crafted)
                     attackers += a
                     targets += b
-            received = Received(halves=halves, sent=sorted(halves),
+            received = Received(halves=halves, sent=sent,
                                 crafted=torch.cat(blocks) if blocks else None,
                                 attackers=attackers, targets=targets)
         if evaluate:
@@ -106,6 +108,60 @@ def test_flower_messages_with_groups_give_the_in_process_batched_metrics(
     whole = run_batched(config, plot=False, options=EngineOptions(device="cpu"))
     run_locally(make_server_app(config, tmp_path), make_client_app(config), num_nodes=3)
     assert_same_metrics(read_metrics(tmp_path), whole)
+
+
+def test_a_group_decodes_its_saved_state_only_when_it_no_longer_holds_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.app import Context, RecordDict
+
+    from flwr_tempered.runtime import group_client
+    from flwr_tempered.runtime.state import save_tree
+
+    config = RunConfig(**BASE, rule="gossip", rule_args={}, attack="alie",
+                       attack_args={"z": 2.0}, nodes_per_client=4)
+    loads: list[int] = []
+    original = NodeGroup.load_state_dict
+
+    def counting(self: NodeGroup, state: dict[str, Any]) -> None:
+        loads.append(1)
+        original(self, state)
+
+    monkeypatch.setattr(NodeGroup, "load_state_dict", counting)
+    context = Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    group = group_client._group(config, [0, 1, 2, 3], context)
+    group_client._save(group, context)
+    assert group_client._group(config, [0, 1, 2, 3], context) is group
+    assert loads == []  # it still holds what it saved
+    group_client._save(group, context)
+    group_client._group(config, [0, 1, 2, 3], context, mutates=False)  # an audit
+    assert group_client._group(config, [0, 1, 2, 3], context) is group
+    assert loads == []
+    # A handler that failed after taking the group saved nothing: decode the state.
+    group_client._group(config, [0, 1, 2, 3], context)
+    assert loads == [1]
+    # State saved elsewhere (another process, another token) is decoded too.
+    group_client._save(group, context)
+    other = RecordDict()
+    save_tree(group.state_dict(), other, group_client.GROUP_STATE, "elsewhere")
+    context.state = other
+    group_client._group(config, [0, 1, 2, 3], context)
+    assert loads == [1, 1]
+
+
+def test_a_group_publishes_only_the_half_step_models_other_groups_read() -> None:
+    config = RunConfig(
+        **{**BASE, "topology": "ring", "topology_args": {}, "nodes": 8, "byzantine": 0},
+        rule="gossip", rule_args={}, attack="none", attack_args={})
+    group = NodeGroup(config, [0, 1, 2, 3], EngineOptions(device="cpu"))
+    assert group.exported == {0, 3}  # the ring's edges to positions 7 and 4
+    reply = group.train_round(0, None, evaluate=False, train=True, publish_model=False)
+    assert reply.half_positions == [0, 1, 2, 3]
+    assert reply.exported_positions == [0, 3]
+    assert reply.half is not None and torch.equal(reply.half, group.engine.params[[0, 3]])
+    alone = NodeGroup(config, list(range(8)), EngineOptions(device="cpu"))
+    assert alone.exported == set()
+    assert alone.train_round(0, None, evaluate=False, train=True,
+                             publish_model=False).half is None
 
 
 @pytest.mark.end_to_end

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -175,6 +176,38 @@ def test_named_strategy_returns_the_same_model_as_flowers_on_the_same_replies(
     expected, _ = aggregate(theirs, replies)
     assert_same_model(arrays, expected)
     assert strategy.history[-1]["accepted"] == n and strategy.history[-1]["dropped"] == []
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pair", ["Krum_vs_Krum", "MultiKrum_vs_MultiKrum",
+                                  "Median_vs_FedMedian"])
+def test_a_strategy_on_an_explicit_device_returns_flowers_model(pair: str,
+                                                                device: str) -> None:
+    _, theirs = PAIRS[pair](20)
+    placed = {
+        "Krum_vs_Krum": lambda: ours.Krum(num_malicious_nodes=4, device=device),
+        "MultiKrum_vs_MultiKrum": lambda: ours.MultiKrum(num_malicious_nodes=4,
+                                                         num_nodes_to_select=10,
+                                                         device=device),
+        "Median_vs_FedMedian": lambda: ours.Median(device=device),
+    }[pair]()
+    assert placed.device.type == device
+    replies = random_replies(20, seed=20)
+    global_model = random_model(np.random.default_rng(99), scale=5.0)
+    arrays, _ = aggregate(placed, replies, global_model)
+    expected, _ = aggregate(theirs, replies)
+    assert_same_model(arrays, expected)
+
+
+def test_a_device_torch_does_not_know_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'tpu0' is not a torch device"):
+        ours.Krum(num_malicious_nodes=1, device="tpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            ours.Median(device="cuda")
 
 
 @pytest.mark.parametrize("pair", ["mean_vs_FedAvg", "Median_vs_FedMedian",

@@ -61,9 +61,12 @@ class GroupReply:
 
     metrics: dict[int, dict[str, float]]
     dropped: list[int]
-    #: The hosted nodes that trained, and their half-step models (row order).
+    #: The hosted nodes that trained (and so sent a half-step model).
     half_positions: list[int]
+    #: The half-step models other groups read (:attr:`NodeGroup.exported`), in the row
+    #: order of ``exported_positions``; ``None`` when no other group reads any.
     half: Tensor | None
+    exported_positions: list[int]
     #: The hosted honest nodes' models after aggregation (evaluation rounds, or every
     #: round for attacks that read the targets' start-of-round models).
     model_positions: list[int]
@@ -81,6 +84,30 @@ class NodeGroup:
         #: The hosted nodes' models at the start of the round's training (attacks that
         #: reverse their own update or read the targets' previous models need them).
         self.previous: Tensor | None = None
+        self.exported = self._exported()
+        #: Labels the state this object last saved for a ClientApp (``None``: unsaved,
+        #: or changed since); see :mod:`flwr_tempered.runtime.group_client`.
+        self.state_token: str | None = None
+
+    def _exported(self) -> set[int]:
+        """Hosted positions whose half-step models another group reads: the neighbours of
+        honest nodes hosted elsewhere and, where attackers hosted elsewhere craft from
+        the omniscient view, their honest targets and those targets' honest neighbours.
+        The other half-step models never leave the group (with one group, none do)."""
+        topology = self.engine.topology
+        hosted, byzantine = set(self.hosted), set(topology.byzantine)
+        read: set[int] = set()
+        for q in range(topology.n):
+            if q in hosted:
+                continue
+            if q not in byzantine:
+                read.update(topology.neighbors(q))
+            elif self.engine.poisoning:
+                for target in topology.neighbors(q):
+                    if target not in byzantine:
+                        read.add(target)
+                        read.update(topology.neighbors(target))
+        return read & hosted
 
     @property
     def needs(self) -> set[int]:
@@ -119,16 +146,20 @@ class NodeGroup:
         if evaluate:
             engine.evaluate_nodes(active, metrics)
         half_positions: list[int] = []
+        exported: list[int] = []
         half = None
         if train:
             self.previous = engine.params[self.hosted].clone() if engine.needs_previous \
                 else None
             engine.train(active, metrics, evaluate)
-            rows = active.nonzero().flatten()
-            half_positions, half = rows.tolist(), engine.params[rows].clone()
+            half_positions = active.nonzero().flatten().tolist()
+            exported = [p for p in half_positions if p in self.exported]
+            if exported:
+                half = engine.params[exported].clone()
         return GroupReply(metrics=metrics, dropped=dropped.nonzero().flatten().tolist(),
                           half_positions=half_positions, half=half,
-                          model_positions=model_positions, models=models)
+                          exported_positions=exported, model_positions=model_positions,
+                          models=models)
 
     def craft_round(self, round: int, halves: Mapping[int, Tensor], published: Sequence[int],
                     previous: Mapping[int, Tensor]) -> tuple[Tensor, list[int], list[int]]:

@@ -5,7 +5,7 @@ positions ``g*K .. g*K + K - 1`` and steps them with the batched engine
 (:class:`~flwr_tempered.engine.group.NodeGroup`). Per round it reads the stacked
 half-step models of the groups that host its nodes' neighbours and the crafted vectors
 of the attacking groups (by digest, from the run's exchange), and publishes one stacked
-array of its own nodes' half-step models. The group's state (parameters, momentum,
+array of those of its nodes' half-step models that other groups read. The group's state (parameters, momentum,
 samplers, rule and attack state) lives in ``context.state`` between messages, as a
 per-node ClientApp's does; the engine object itself is cached per process so that
 the data and the model are not reloaded for every message.
@@ -14,6 +14,7 @@ the data and the model are not reloaded for every message.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -27,7 +28,7 @@ from flwr_tempered.node import RunConfig
 
 from .client import _exchange, _instructions, _reply
 from .exchange import ModelExchange
-from .state import load_tree, save_tree
+from .state import load_tree, save_tree, tree_token
 
 #: Where a group's state lives in ``context.state``.
 GROUP_STATE = "tempered.group"
@@ -38,17 +39,37 @@ def _cached_group(config_json: str, positions: tuple[int, ...], run_id: int) -> 
     return NodeGroup(RunConfig.from_mapping(json.loads(config_json)), positions)
 
 
-def _group(config: RunConfig, positions: Sequence[int], context: Context) -> NodeGroup:
+def _group(config: RunConfig, positions: Sequence[int], context: Context,
+           mutates: bool = True) -> NodeGroup:
     """The group at ``positions`` with its state from ``context.state`` (a fresh start
-    when there is none)."""
+    when there is none).
+
+    Decoding the state costs a copy of every hosted node's parameters and momentum per
+    message; when ``context.state`` holds the very state this process's cached group
+    saved last (same token), the cached group is used as it is."""
     group = _cached_group(json.dumps(config.to_dict(), sort_keys=True), tuple(positions),
                           int(getattr(context, "run_id", 0)))
+    token = tree_token(context.state, GROUP_STATE)
+    saved = group.state_token
+    if mutates:
+        # Forget the token before the group changes: a handler that fails half-way must
+        # make the next message reload the saved state.
+        group.state_token = None
+    if token and token == saved:
+        return group
     state = load_tree(context.state, GROUP_STATE)
     if state is not None:
         group.load_state_dict(state)
     elif group.engine.rounds_trained[group.hosted].any():  # cached from an earlier start
         group = NodeGroup(config, positions)
     return group
+
+
+def _save(group: NodeGroup, context: Context) -> None:
+    """Persist the group's state in ``context.state`` under a fresh token."""
+    token = uuid.uuid4().hex
+    save_tree(group.state_dict(), context.state, GROUP_STATE, token)
+    group.state_token = token
 
 
 def _rows(exchange: ModelExchange, message: Message, entries: Sequence[Any],
@@ -117,12 +138,13 @@ def handle_group_train(message: Message, context: Context, config: RunConfig) ->
                               publish_model=bool(instructions["publish_model"]))
     outbox = RecordDict()
     report = {
-        "half": _publish(exchange, reply.half, outbox), "half_positions": reply.half_positions,
+        "half": _publish(exchange, reply.half, outbox),
+        "half_positions": reply.exported_positions, "sent": reply.half_positions,
         "model": _publish(exchange, reply.models, outbox),
         "model_positions": reply.model_positions, "dropped": reply.dropped,
         "metrics": {str(p): m for p, m in reply.metrics.items()},
     }
-    save_tree(group.state_dict(), context.state, GROUP_STATE)
+    _save(group, context)
     return _reply(message, report, {}, outbox)
 
 
@@ -141,7 +163,7 @@ def handle_group_attack(message: Message, context: Context, config: RunConfig) -
     outbox = RecordDict()
     report = {"crafted": _publish(exchange, crafted, outbox),
               "edges": [[a, t] for a, t in zip(attackers, targets, strict=True)]}
-    save_tree(group.state_dict(), context.state, GROUP_STATE)
+    _save(group, context)
     return _reply(message, report, {}, outbox)
 
 
@@ -150,7 +172,7 @@ def handle_group_audit(message: Message, context: Context, config: RunConfig) ->
     consensus distance."""
     instructions = _instructions(message)
     positions = [int(p) for p in instructions["positions"]]
-    group = _group(config, positions, context)
+    group = _group(config, positions, context, mutates=False)
     exchange = _exchange(config, instructions)
     models = _rows(exchange, message, instructions["models"])
     return _reply(message, {}, group.audit(models))

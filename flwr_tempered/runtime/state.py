@@ -101,13 +101,25 @@ def _unflatten(prefix: str, tree: Any, arrays: dict[str, np.ndarray]) -> Any:
     return tree
 
 
-def save_tree(tree: dict[str, Any], records: RecordDict, key: str) -> None:
+def save_tree(tree: dict[str, Any], records: RecordDict, key: str, token: str = "") -> None:
     """Write a nested dict of tensors and plain values (a node group's state) into
-    ``records`` under ``key``: tensors into one ``ArrayRecord``, the rest as JSON."""
+    ``records`` under ``key``: tensors into one ``ArrayRecord``, the rest as JSON.
+    ``token`` labels this version of the state (see :func:`tree_token`)."""
     arrays: dict[str, np.ndarray] = {}
     skeleton = _flatten("", tree, arrays)
     records[f"{key}.arrays"] = _array_record(arrays)
-    records[f"{key}.json"] = ConfigRecord({"json": json.dumps(skeleton)})
+    records[f"{key}.json"] = ConfigRecord({"json": json.dumps(skeleton), "token": token})
+
+
+def tree_token(records: RecordDict, key: str) -> str | None:
+    """The token :func:`save_tree` stored with the state under ``key`` (``""`` if none was
+    given), or ``None`` when there is no state. A process that still holds the state it
+    saved under that token can skip decoding it."""
+    if f"{key}.arrays" not in records or f"{key}.json" not in records:
+        return None
+    skeleton = records[f"{key}.json"]
+    assert isinstance(skeleton, ConfigRecord)
+    return str(skeleton.get("token", ""))
 
 
 def load_tree(records: RecordDict, key: str) -> dict[str, Any] | None:

@@ -83,6 +83,7 @@ class GroupedDecentralizedStrategy(DecentralizedStrategy):
             node_metrics: dict[int, dict[str, float]] = {}
             dropped: set[int] = set()
             halves, models = {}, {}
+            sent = []
             for g, members in enumerate(self.groups):
                 reply = log.replies.get(g)
                 if reply is None:
@@ -91,11 +92,12 @@ class GroupedDecentralizedStrategy(DecentralizedStrategy):
                 report = reply.report
                 node_metrics.update({int(p): m for p, m in report["metrics"].items()})
                 dropped |= {int(p) for p in report["dropped"]}
+                sent += [int(p) for p in report.get("sent", report["half_positions"])]
                 if report["half"]:
                     halves[g] = [report["half"], report["half_positions"]]
                 if report["model"]:
                     models[g] = [report["model"], report["model_positions"]]
-            sent = sorted(p for _, positions in halves.values() for p in positions)
+            sent.sort()
             audit: dict[str, float] = {}
             if evaluate and models:
                 auditor = min(log.replies)

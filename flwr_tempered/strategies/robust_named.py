@@ -179,5 +179,5 @@ class FLTrust(RobustFedAvg):
         if problem is not None:
             raise ValueError(f"FLTrust: root_train_fn returned a different model: {problem}")
         vector = layout.to_vector(trained)
-        return vector.to(dtype=global_vector.dtype)
+        return vector.to(dtype=global_vector.dtype, device=global_vector.device)
 
