@@ -190,6 +190,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             from flwr_tempered.experiments.simulate import simulate
             from flwr_tempered.models import default_device
 
+            if spec.get("nodes_per_client"):
+                config = RunConfig.from_mapping({**config.to_dict(),
+                                                 "nodes_per_client": spec["nodes_per_client"]})
+                mode = f"{config.nodes_per_client} nodes per client"
             device = str(default_device()) if config.node_gpus > 0 else "cpu"
             simulate(config, out)
         else:
@@ -479,6 +483,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                         help="the batched engine's device (auto: cuda when available)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--nodes-per-client", type=int, default=None, metavar="K",
+                        help="the flower engine hosts K graph nodes per Flower node, "
+                        "stepped by the batched engine (default: one per node)")
     parser.add_argument("--model", choices=MODELS, default=None,
                         help="the model of every setting (default: each setting's own)")
     parser.add_argument("--nodes", type=int, default=None, help="shrink every setting")
@@ -546,7 +553,8 @@ def main() -> None:
             spec = {"setting": name, "engine": engine, "rounds": args.rounds,
                     "model": args.model, "nodes": args.nodes, "device": device,
                     "step_mode": args.step_mode, "threads": args.threads,
-                    "memory_budget": args.memory_budget}
+                    "memory_budget": args.memory_budget,
+                    "nodes_per_client": args.nodes_per_client}
             row = measure(spec, args.timeout)
             rows.append(row)
             print(f"  {name} {engine} on {row['device']}: {row['seconds']:.4f} s/iteration "

@@ -228,11 +228,15 @@ class StackedGeometry:
         return squared.clamp(min=0.0).sqrt()
 
     def combine(self, own_rows: Tensor, slot_rows: Tensor, coefficients: Tensor,
-                kept: Tensor, relative: bool = False) -> Tensor:
+                kept: Tensor, relative: bool = False, out: Tensor | None = None) -> Tensor:
         """``[R, d]``: ``coefficients[r, 0] * own + sum_k coefficients[r, k + 1] *
         sources[slot_rows[r, k]]`` over kept slots, as one matrix product; with
         ``relative``, ``own + (sum_k c_k x_k - (sum_k c_k) own)`` (the slots' coefficients
-        only, the per-node ClippedGossip's order of operations)."""
+        only, the per-node ClippedGossip's order of operations).
+
+        ``out`` (``[R, d]``, sources' dtype, not overlapping ``sources``) receives the
+        result without any ``[R, d]`` temporary: on a CPU every fresh tensor above 32 MiB
+        is mapped and faulted in anew, which cost more than the product itself."""
         sources = self.sources
         slots = torch.where(kept, coefficients[:, 1:], 0.0).to(sources.dtype)
         weights = torch.zeros(coefficients.shape[0], sources.shape[0],
@@ -241,11 +245,17 @@ class StackedGeometry:
             weights.scatter_add_(1, own_rows.unsqueeze(1),
                                  coefficients[:, :1].to(sources.dtype))
         weights.scatter_add_(1, slot_rows, slots)
+        if out is None:
+            out = sources.new_empty((coefficients.shape[0], sources.shape[1]))
         if self.rows.numel() < sources.shape[0]:
-            mixed = weights[:, self.rows] @ sources[self.rows]
+            torch.matmul(weights[:, self.rows], sources[self.rows], out=out)
         else:
-            mixed = weights @ sources
+            torch.matmul(weights, sources, out=out)
         if not relative:
-            return mixed
-        own = sources[own_rows]
-        return own + (mixed - slots.sum(dim=1, keepdim=True) * own)
+            return out
+        first = int(own_rows[0])
+        contiguous = int(own_rows[-1]) - first + 1 == own_rows.numel()
+        own = sources[first:first + own_rows.numel()] if contiguous else sources[own_rows]
+        # own + (mixed - s * own), done in place.
+        out.addcmul_(own, slots.sum(dim=1, keepdim=True), value=-1.0)
+        return out.add_(own)

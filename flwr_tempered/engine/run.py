@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from flwr_tempered.aggregators import Rule
+from flwr_tempered.aggregators.base import finite_rows
 from flwr_tempered.attacks import (
     AttackBase,
     AttackView,
@@ -341,7 +342,7 @@ class BatchedEngine:
                 self.count_rule.check_input_count(int(count))
             except ValueError:
                 dropped |= candidates & (counts == count)
-        finite_own = torch.isfinite(self.params).all(dim=1)
+        finite_own = finite_rows(self.params)
         dropped |= candidates & ~finite_own
         aggregating = (candidates & ~dropped).nonzero().flatten()
         counts_list = counts.tolist()
@@ -416,9 +417,15 @@ class BatchedEngine:
                                  distances=distances.to(self.params.dtype),
                                  own_norms=geometry.norms[nodes], round=round)
             coefficients, rule_stats = self.gram_rule.coefficients(shape)
-            self.params[nodes] = geometry.combine(
-                nodes, slot_rows, coefficients, kept,
-                relative=self.gram_rule.relative).to(self.params.dtype)
+            first, last = int(nodes[0]), int(nodes[-1])
+            if last - first + 1 == nodes.numel():  # a run of rows: write in place
+                geometry.combine(nodes, slot_rows, coefficients, kept,
+                                 relative=self.gram_rule.relative,
+                                 out=self.params[first:last + 1])
+            else:
+                self.params[nodes] = geometry.combine(
+                    nodes, slot_rows, coefficients, kept,
+                    relative=self.gram_rule.relative).to(self.params.dtype)
             if evaluate:
                 stats = shape.common_stats(mask)
                 stats.update(rule_stats)
