@@ -129,10 +129,10 @@ def test_a_group_decodes_its_saved_state_only_when_it_no_longer_holds_it(
     monkeypatch.setattr(NodeGroup, "load_state_dict", counting)
     context = Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config={})
     group = group_client._group(config, [0, 1, 2, 3], context)
-    group_client._save(group, context)
+    group_client._save(group, context, None)
     assert group_client._group(config, [0, 1, 2, 3], context) is group
     assert loads == []  # it still holds what it saved
-    group_client._save(group, context)
+    group_client._save(group, context, None)
     group_client._group(config, [0, 1, 2, 3], context, mutates=False)  # an audit
     assert group_client._group(config, [0, 1, 2, 3], context) is group
     assert loads == []
@@ -140,12 +140,45 @@ def test_a_group_decodes_its_saved_state_only_when_it_no_longer_holds_it(
     group_client._group(config, [0, 1, 2, 3], context)
     assert loads == [1]
     # State saved elsewhere (another process, another token) is decoded too.
-    group_client._save(group, context)
+    group_client._save(group, context, None)
     other = RecordDict()
     save_tree(group.state_dict(), other, group_client.GROUP_STATE, "elsewhere")
     context.state = other
     group_client._group(config, [0, 1, 2, 3], context)
     assert loads == [1, 1]
+
+
+def test_a_group_state_in_the_run_store_round_trips_and_leaves_one_file(
+        tmp_path: Path) -> None:
+    from flwr.app import RecordDict
+
+    from flwr_tempered.runtime.state import load_tree, save_tree_to_directory, tree_token
+
+    config = RunConfig(**BASE, rule="gossip", rule_args={}, attack="alie",
+                       attack_args={"z": 2.0})
+    group = NodeGroup(config, [0, 1, 2, 3], EngineOptions(device="cpu"))
+    group.train_round(0, None, evaluate=False, train=True, publish_model=False)
+    records = RecordDict()
+    directory = tmp_path / "group-state"
+    first = save_tree_to_directory(group.state_dict(), records, "g", directory, "one")
+    second = save_tree_to_directory(group.state_dict(), records, "g", directory, "two")
+    assert not first.exists() and second.exists()
+    assert [p.name for p in directory.iterdir()] == [second.name]
+    assert tree_token(records, "g") == "two"
+    assert "g.arrays" not in records  # the tensors are in the file only
+    resumed = NodeGroup(config, [0, 1, 2, 3], EngineOptions(device="cpu"))
+    state = load_tree(records, "g")
+    assert state is not None
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.engine.params[:4], group.engine.params[:4])
+    assert torch.equal(resumed.engine.momentum[:4], group.engine.momentum[:4])
+    second.unlink()
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_tree(records, "g")
+    # A store the relay has removed is not brought back by a late message.
+    with pytest.raises(FileNotFoundError):
+        save_tree_to_directory(group.state_dict(), records, "g",
+                               tmp_path / "removed" / "group-state", "three")
 
 
 def test_a_group_publishes_only_the_half_step_models_other_groups_read() -> None:

@@ -17,6 +17,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from flwr_tempered.node import RunConfig
 
 from .client import _exchange, _instructions, _reply
 from .exchange import ModelExchange
-from .state import load_tree, save_tree, tree_token
+from .state import load_tree, save_tree, save_tree_to_directory, tree_token
 
 #: Where a group's state lives in ``context.state``.
 GROUP_STATE = "tempered.group"
@@ -65,10 +66,16 @@ def _group(config: RunConfig, positions: Sequence[int], context: Context,
     return group
 
 
-def _save(group: NodeGroup, context: Context) -> None:
-    """Persist the group's state in ``context.state`` under a fresh token."""
+def _save(group: NodeGroup, context: Context, store: str | None) -> None:
+    """Persist the group's state under a fresh token: in a file of the run's
+    shared-memory ``store`` when there is one (``context.state`` keeps its name), else
+    in ``context.state`` itself."""
     token = uuid.uuid4().hex
-    save_tree(group.state_dict(), context.state, GROUP_STATE, token)
+    if store:
+        save_tree_to_directory(group.state_dict(), context.state, GROUP_STATE,
+                               Path(store) / "group-state", token)
+    else:
+        save_tree(group.state_dict(), context.state, GROUP_STATE, token)
     group.state_token = token
 
 
@@ -144,7 +151,7 @@ def handle_group_train(message: Message, context: Context, config: RunConfig) ->
         "model_positions": reply.model_positions, "dropped": reply.dropped,
         "metrics": {str(p): m for p, m in reply.metrics.items()},
     }
-    _save(group, context)
+    _save(group, context, instructions.get("store"))
     return _reply(message, report, {}, outbox)
 
 
@@ -163,7 +170,7 @@ def handle_group_attack(message: Message, context: Context, config: RunConfig) -
     outbox = RecordDict()
     report = {"crafted": _publish(exchange, crafted, outbox),
               "edges": [[a, t] for a, t in zip(attackers, targets, strict=True)]}
-    _save(group, context)
+    _save(group, context, instructions.get("store"))
     return _reply(message, report, {}, outbox)
 
 

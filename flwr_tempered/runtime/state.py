@@ -7,6 +7,9 @@ everything else into a ``ConfigRecord`` as JSON. Nothing is pickled.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,11 +114,51 @@ def save_tree(tree: dict[str, Any], records: RecordDict, key: str, token: str = 
     records[f"{key}.json"] = ConfigRecord({"json": json.dumps(skeleton), "token": token})
 
 
+def save_tree_to_directory(tree: dict[str, Any], records: RecordDict, key: str,
+                           directory: Path, token: str) -> Path:
+    """As :func:`save_tree`, with the tensors in a file of ``directory`` (the run's
+    shared-memory store) instead of ``records``, which keep only the JSON part and the
+    file's name.
+
+    A node group's state is its nodes' parameters and momentum: hundreds of MB that a
+    ``Context`` would carry through Ray on every message. A file on ``/dev/shm`` is
+    written once per message and read only by a process that does not already hold the
+    state. The file of the previous version is removed once the new one is in place.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    skeleton = _flatten("", tree, arrays)
+    names = sorted(arrays)
+    # Not ``parents``: once the relay has removed the run's store, a late message must
+    # not bring it back.
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{key}-{token}.npz"
+    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    with os.fdopen(handle, "wb") as stream:
+        np.savez(stream, *[np.ascontiguousarray(arrays[name]) for name in names])
+    os.replace(temporary, path)
+    previous = _state_file(records, key)
+    if f"{key}.arrays" in records:
+        del records[f"{key}.arrays"]
+    records[f"{key}.json"] = ConfigRecord({"json": json.dumps(skeleton), "token": token,
+                                           "file": str(path), "names": json.dumps(names)})
+    if previous is not None and previous != path:
+        previous.unlink(missing_ok=True)
+    return path
+
+
+def _state_file(records: RecordDict, key: str) -> Path | None:
+    skeleton = records.get(f"{key}.json")
+    if not isinstance(skeleton, ConfigRecord) or not skeleton.get("file"):
+        return None
+    return Path(str(skeleton["file"]))
+
+
 def tree_token(records: RecordDict, key: str) -> str | None:
     """The token :func:`save_tree` stored with the state under ``key`` (``""`` if none was
     given), or ``None`` when there is no state. A process that still holds the state it
     saved under that token can skip decoding it."""
-    if f"{key}.arrays" not in records or f"{key}.json" not in records:
+    if f"{key}.json" not in records or (f"{key}.arrays" not in records
+                                        and _state_file(records, key) is None):
         return None
     skeleton = records[f"{key}.json"]
     assert isinstance(skeleton, ConfigRecord)
@@ -123,13 +166,24 @@ def tree_token(records: RecordDict, key: str) -> str | None:
 
 
 def load_tree(records: RecordDict, key: str) -> dict[str, Any] | None:
-    """What :func:`save_tree` wrote under ``key``, or ``None`` if nothing was."""
-    if f"{key}.arrays" not in records or f"{key}.json" not in records:
+    """What :func:`save_tree` or :func:`save_tree_to_directory` wrote under ``key``, or
+    ``None`` if nothing was. ``ValueError`` when the state's file is gone (the run's
+    store was removed) or unreadable."""
+    path = _state_file(records, key)
+    if f"{key}.json" not in records or (f"{key}.arrays" not in records and path is None):
         return None
-    record = records[f"{key}.arrays"]
-    assert isinstance(record, ArrayRecord)
-    arrays = {k: record[k].numpy() for k in record}
     skeleton = records[f"{key}.json"]
     assert isinstance(skeleton, ConfigRecord)
+    if path is not None:
+        names = json.loads(str(skeleton["names"]))
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {name: stored[f"arr_{i}"] for i, name in enumerate(names)}
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"the saved state {path} cannot be read: {error}") from None
+    else:
+        record = records[f"{key}.arrays"]
+        assert isinstance(record, ArrayRecord)
+        arrays = {k: record[k].numpy() for k in record}
     tree: dict[str, Any] = _unflatten("", json.loads(str(skeleton["json"])), arrays)
     return tree
