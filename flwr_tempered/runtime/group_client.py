@@ -5,10 +5,14 @@ positions ``g*K .. g*K + K - 1`` and steps them with the batched engine
 (:class:`~flwr_tempered.engine.group.NodeGroup`). Per round it reads the stacked
 half-step models of the groups that host its nodes' neighbours and the crafted vectors
 of the attacking groups (by digest, from the run's exchange), and publishes one stacked
-array of those of its nodes' half-step models that other groups read. The group's state (parameters, momentum,
-samplers, rule and attack state) lives in ``context.state`` between messages, as a
-per-node ClientApp's does; the engine object itself is cached per process so that
-the data and the model are not reloaded for every message.
+array of those of its nodes' half-step models that other groups read.
+
+The group's state (parameters, momentum, samplers, rule and attack state) is saved after
+every message: to a file of the run's shared-memory store when the run has one (then
+``context.state`` holds only its name and a token), else into ``context.state``. The
+engine object itself is cached per process, so that the data and the model are not
+reloaded for every message, and a process that still holds the state it saved last
+does not decode it again.
 """
 
 from __future__ import annotations
