@@ -317,6 +317,47 @@ def test_alie_hand_example_uses_population_std() -> None:
     assert torch.allclose(single(ALIE(z=2), tv), t([0.0, -1.0]))
 
 
+def test_alie_ddof_1_is_the_sample_deviation_of_the_reference_code() -> None:
+    # H_t = {0, 2} (target 0, one honest neighbour 2): mean 1; sample std sqrt(2),
+    # population std 1.
+    tv = target([0.0], [[2.0]])
+    sample = single(get_attack("alie", z=1.0, ddof=1), tv)
+    population = single(get_attack("alie", z=1.0), tv)
+    assert sample.tolist() == pytest.approx([1.0 - math.sqrt(2.0)], abs=1e-12)
+    assert population.tolist() == pytest.approx([0.0], abs=1e-12)
+
+
+def test_alie_ddof_1_gives_a_lone_target_no_spread_instead_of_nan() -> None:
+    tv = target([3.0], [])
+    assert single(get_attack("alie", z=2.0, ddof=1), tv).tolist() == [3.0]
+
+
+def test_alie_z_from_run_uses_the_runs_n_and_f_like_the_reference_code() -> None:
+    # n = 16, f = 3: s = floor(16/2 + 1) - 3 = 6, z = Phi^-1((16 - 3 - 6) / (16 - 3)).
+    expected = NormalDist().inv_cdf(7 / 13)
+    attack = get_attack("alie", z_from="run", n=16, f=3)
+    small = target([0.0], [[2.0]])   # per target: n = 3, m = 1
+    assert attack.z_for(small) == pytest.approx(expected, abs=1e-12)
+    assert get_attack("alie").z_for(small) != pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="z_from='run' needs"):
+        get_attack("alie", z_from="run")
+    with pytest.raises(ValueError, match="z_from"):
+        get_attack("alie", z_from="graph")
+    with pytest.raises(ValueError, match="ddof must be 0 or 1"):
+        get_attack("alie", ddof=2)
+
+
+def test_a_run_builds_alie_z_from_run_with_its_node_and_byzantine_counts() -> None:
+    from flwr_tempered.node import RunConfig, build_attack
+
+    config = RunConfig(topology="ring", topology_args={}, nodes=16, byzantine=3,
+                       dataset="digits", attack="alie", attack_args={"z_from": "run"})
+    attack = build_attack(config, 0)
+    assert (attack.n, attack.f) == (16, 3)  # type: ignore[attr-defined]
+    assert attack.z_for(target([0.0], [[2.0]])) == \
+        pytest.approx(NormalDist().inv_cdf(7 / 13), abs=1e-12)
+
+
 def test_alie_default_z_on_known_n_and_m() -> None:
     # n = 9, m = 2: s = floor(5.5) - 2 = 3, z = Phi^-1((9 - 2 - 3) / 7) = Phi^-1(4/7)
     assert alie_default_z(9, 2) == pytest.approx(0.18001237, abs=1e-7)

@@ -52,6 +52,7 @@ BATCHED_ATTACKS: list[tuple[str, dict[str, Any]]] = [
     ("dissensus", {"eps": 1.5}),
     ("alie", {"z": 3.0}),
     ("alie", {}),
+    ("alie", {"ddof": 1, "z_from": "run"}),
     ("ipm", {"eps": 0.5}),
     ("sign_flip", {}),
     ("bit_flip", {}),

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+import torch
 from torch import Tensor
 
 from .base import (
     AttackView,
     ModelPoisoningAttack,
     TargetView,
+    check_choice,
     check_finite,
-    population_std,
     register_attack,
 )
 
@@ -46,30 +47,59 @@ class ALIE(ModelPoisoningAttack):
     """A little is enough: coordinate-wise ``mu - z * sigma`` over ``H_t``.
 
     Baruch, Baruch, Goldberg, "A little is enough: circumventing defenses for distributed
-    learning", NeurIPS 2019. ``mu`` and ``sigma`` are the coordinate-wise mean and
-    *population* standard deviation (divide by ``|H_t|``) of the target's honest set
-    ``H_t``, so ``sigma`` is defined (0) for a target without honest neighbours.
+    learning", NeurIPS 2019. ``mu`` and ``sigma`` are the coordinate-wise mean and standard
+    deviation of the target's honest set ``H_t`` (the target and its honest neighbours).
 
-    ``z=None`` uses the paper's ``z_max`` per target (:func:`alie_default_z`) with
-    ``n = |H_t| + n_byzantine`` and ``m = n_byzantine``; note it is negative for small
-    neighbourhoods (e.g. ``n = 4, m = 1``), exactly as the formula gives.
+    Args:
+        z: the attack factor; ``None`` uses the paper's ``z_max`` (:func:`alie_default_z`).
+        ddof: ``0`` (default) divides the variance by ``|H_t|``: the population deviation
+            of Baruch et al.'s own code, defined (0) for a single vector. ``1`` divides by
+            ``|H_t| - 1``, as ``torch.std`` in the ClippedGossip authors' reference code
+            (He, Karimireddy, Jaggi, arXiv:2202.01545); a single vector then gets
+            ``sigma = 0`` here, where ``torch.std`` would give NaN.
+        z_from: where ``z_max``'s ``n`` and ``m`` come from when ``z`` is ``None``:
+            ``"target"`` (default) ``n = |H_t| + n_byzantine`` and ``m = n_byzantine`` per
+            target (note ``z_max`` is negative for small neighbourhoods, e.g. ``n = 4,
+            m = 1``, exactly as the formula gives); ``"run"`` the run's node count and
+            Byzantine count, as the reference code does (a run builds the attack with
+            them; by hand, give ``n`` and ``f``).
+        n, f: the run's node and Byzantine counts, for ``z_from="run"``.
     """
+
+    Z_FROM = ("target", "run")
 
     @property
     def reads_own_model(self) -> bool:
         """Crafted from the targets' honest neighbourhoods alone."""
         return False
 
-    def __init__(self, z: float | None = None) -> None:
+    def __init__(self, z: float | None = None, ddof: int = 0, z_from: str = "target",
+                 n: int | None = None, f: int | None = None) -> None:
         super().__init__()
         if z is not None:
             check_finite(self.name, "z", z)
+        if isinstance(ddof, bool) or ddof not in (0, 1):
+            raise ValueError(f"{self.name}: ddof must be 0 or 1, got {ddof!r}")
+        check_choice(self.name, "z_from", z_from, self.Z_FROM)
         self.z = None if z is None else float(z)
+        self.ddof = int(ddof)
+        self.z_from = z_from
+        self.n = n
+        self.f = f
+        #: ``z_max`` from the run's counts (``z_from="run"`` without a ``z``), else None.
+        self.run_z: float | None = None
+        if z is None and z_from == "run":
+            if n is None or f is None:
+                raise ValueError(f"{self.name}: z_from='run' needs the run's node count n "
+                                 f"and Byzantine count f, got n={n!r}, f={f!r}")
+            self.run_z = alie_default_z(int(n), int(f))
 
     def z_for(self, target: TargetView) -> float:
         """The ``z`` used for ``target``."""
         if self.z is not None:
             return self.z
+        if self.run_z is not None:
+            return self.run_z
         return alie_default_z(target.n_inputs, target.n_byzantine)
 
     def craft_all(self, view: AttackView) -> Tensor:
@@ -79,4 +109,12 @@ class ALIE(ModelPoisoningAttack):
 
     def craft(self, view: AttackView, target: TargetView) -> Tensor:
         honest = target.honest_set()
-        return honest.mean(dim=0) - self.z_for(target) * population_std(honest)
+        return honest.mean(dim=0) - self.z_for(target) * alie_std(honest, self.ddof)
+
+
+def alie_std(honest: Tensor, ddof: int) -> Tensor:
+    """Coordinate-wise deviation of ``honest[h, d]`` dividing by ``h - ddof`` (0 when that
+    is not positive: one vector has no spread)."""
+    if ddof == 0 or honest.shape[0] > 1:
+        return honest.std(dim=0, correction=ddof)
+    return torch.zeros_like(honest[0])

@@ -286,7 +286,8 @@ class BatchedDissensus(_PerTargetAttack):
 
 @register_batched_attack(ALIE)
 class BatchedALIE(_PerTargetAttack):
-    """A little is enough, batched: ``mu_t - z * sigma_t`` coordinate-wise over ``H_t``.
+    """A little is enough, batched: ``mu_t - z * sigma_t`` coordinate-wise over ``H_t``
+    (``ddof`` and ``z_from`` as the per-node attack's).
 
     Baruch, Baruch, Goldberg, "A little is enough: circumventing defenses for distributed
     learning", NeurIPS 2019 (per-node: :class:`~flwr_tempered.attacks.ALIE`). ``mu_t`` and
@@ -299,7 +300,13 @@ class BatchedALIE(_PerTargetAttack):
     def __init__(self, attacks: Mapping[int, AttackBase], device: torch.device,
                  target_rule: Rule | None) -> None:
         super().__init__(attacks, device, target_rule)
-        self.z = _per_position(_of_type(attacks, ALIE), lambda a: a.z, device)
+        typed = _of_type(attacks, ALIE)
+        # A run's explicit z, else its run-wide z_max (z_from="run"), else NaN: per target.
+        self.z = _per_position(typed, lambda a: a.z if a.z is not None else a.run_z, device)
+        ddofs = {a.ddof for a in typed.values()}
+        if len(ddofs) > 1:
+            raise ValueError(f"batched ALIE: the attackers use different ddof {sorted(ddofs)}")
+        self.ddof = ddofs.pop() if ddofs else 0
 
     def coefficients(self, inputs: AttackInputs) -> Tensor:
         z = self.z.to(inputs.attackers.device)[inputs.attackers]
@@ -320,7 +327,8 @@ class BatchedALIE(_PerTargetAttack):
         size = mask.sum(dim=1, keepdim=True).to(models.dtype)
         mean = models.sum(dim=1) / size
         models.sub_(mean.unsqueeze(1)).masked_fill_(~mask.unsqueeze(2), 0.0).square_()
-        std = (models.sum(dim=1) / size).sqrt_()
+        # ddof = 1 on a single vector: no spread (ALIE.craft's convention), not NaN.
+        std = (models.sum(dim=1) / (size - self.ddof).clamp(min=1)).sqrt_()
         z = coefficients.to(models.dtype).unsqueeze(1)
         return mean[local] - z * std[local]
 

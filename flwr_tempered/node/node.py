@@ -93,8 +93,12 @@ def build_attack(config: RunConfig, position: int) -> AttackBase:
     """The attack of the Byzantine node at ``position`` (seeded per node, so that colluding
     nodes do not draw the same noise)."""
     args = dict(config.attack_args)
-    if "seed" in attack_parameters(config.attack):
+    parameters = attack_parameters(config.attack)
+    if "seed" in parameters:
         args.setdefault("seed", config.seed * 1_000 + position)
+    if args.get("z_from") == "run" and "n" in parameters and "f" in parameters:
+        args.setdefault("n", config.nodes)  # ALIE's z_max from the run's counts
+        args.setdefault("f", config.byzantine)
     return get_attack(config.attack, **args)
 
 
