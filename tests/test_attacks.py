@@ -268,6 +268,18 @@ def test_dissensus_hand_example() -> None:
     assert torch.equal(single(Dissensus(eps=1.5), tv), t([-2.0, -3.0]))
 
 
+def test_dissensus_with_uniform_weights_follows_the_reference_code_hand_example() -> None:
+    # Degree 4 (two honest, two Byzantine), every weight 1/5; the reference's push is
+    # sum_j (1/5)(x_j - x_t) / (2/5) = ([3,0]-[1,0] + [1,2]-[1,0]) / 2 = [1, 1];
+    # sent = [1,0] - 1.5 * [1, 1] = [-0.5, -1.5], whatever the mixing row says.
+    tv = target([1.0, 0.0], [[3.0, 0.0], [1.0, 2.0]], [0.1, 0.3], byzantine_weight=0.45,
+                n_byzantine=2)
+    sent = single(Dissensus(eps=1.5, weights="uniform"), tv)
+    assert torch.allclose(sent, t([-0.5, -1.5]), atol=1e-12)
+    with pytest.raises(ValueError, match="weights"):
+        Dissensus(weights="equal")
+
+
 def gossip_step(tv: TargetView, byzantine_rows: Tensor, byzantine_weights: Tensor) -> Tensor:
     """x_t + sum_j W_tj (x_j - x_t) over honest and Byzantine neighbours, by hand."""
     x = tv.model

@@ -50,6 +50,7 @@ BATCHED_RULES: list[tuple[str, dict[str, Any]]] = [
 #: Every attack with a batched version (model poisoning) or a batched data path.
 BATCHED_ATTACKS: list[tuple[str, dict[str, Any]]] = [
     ("dissensus", {"eps": 1.5}),
+    ("dissensus", {"eps": 1.5, "weights": "uniform"}),
     ("alie", {"z": 3.0}),
     ("alie", {}),
     ("alie", {"ddof": 1, "z_from": "run"}),

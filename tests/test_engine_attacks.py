@@ -214,6 +214,7 @@ DETERMINISTIC: dict[str, Factory] = {
     "dissensus": lambda a: get_attack("dissensus"),
     "dissensus_eps_0.4": lambda a: get_attack("dissensus", eps=0.4),
     "dissensus_mixed_eps": lambda a: get_attack("dissensus", eps=1.0 + a),
+    "dissensus_uniform": lambda a: get_attack("dissensus", eps=1.2, weights="uniform"),
     "alie_default_z": lambda a: get_attack("alie"),
     "alie_z_1.5": lambda a: get_attack("alie", z=1.5),
     "alie_z_-0.3": lambda a: get_attack("alie", z=-0.3),

@@ -254,7 +254,8 @@ class _PerTargetAttack(BatchedAttack):
 # ----------------------------------------------------------------------------- attacks
 @register_batched_attack(Dissensus)
 class BatchedDissensus(_PerTargetAttack):
-    """Dissensus, batched: ``x_t - (eps / byzantine_weight_t) * sum_j W_tj (x_j - x_t)``.
+    """Dissensus, batched: ``x_t - (eps / byzantine_weight_t) * sum_j W_tj (x_j - x_t)``
+    (with ``weights="uniform"``: ``x_t - (eps / n_byzantine_t) * sum_j (x_j - x_t)``).
 
     He, Karimireddy, Jaggi, "Byzantine-robust decentralized learning via ClippedGossip",
     arXiv:2202.01545 (per-node: :class:`~flwr_tempered.attacks.Dissensus`). The honest pull
@@ -266,10 +267,18 @@ class BatchedDissensus(_PerTargetAttack):
     def __init__(self, attacks: Mapping[int, AttackBase], device: torch.device,
                  target_rule: Rule | None) -> None:
         super().__init__(attacks, device, target_rule)
-        self.eps = _per_position(_of_type(attacks, Dissensus), lambda a: a.eps, device)
+        typed = _of_type(attacks, Dissensus)
+        self.eps = _per_position(typed, lambda a: a.eps, device)
+        conventions = {a.weights for a in typed.values()}
+        if len(conventions) > 1:
+            raise ValueError(f"batched dissensus: the attackers use different weights "
+                             f"{sorted(conventions)}")
+        self.uniform = conventions == {"uniform"}
 
     def coefficients(self, inputs: AttackInputs) -> Tensor:
         eps = self.eps.to(inputs.attackers.device)[inputs.attackers]
+        if self.uniform:
+            return eps / inputs.n_byzantine[inputs.target_row].double()
         return eps / inputs.byzantine_weight[inputs.target_row].double()
 
     def craft_chunk(self, inputs: AttackInputs, start: int, stop: int, local: Tensor,
@@ -278,8 +287,9 @@ class BatchedDissensus(_PerTargetAttack):
         mask = inputs.honest_mask[start:stop]
         neighbours = inputs.half[inputs.honest[start:stop]]
         neighbours.sub_(x_t.unsqueeze(1)).masked_fill_(~mask.unsqueeze(2), 0.0)
-        weights = inputs.honest_weights[start:stop].masked_fill(~mask, 0.0)
-        pull = torch.bmm(weights.unsqueeze(1), neighbours).squeeze(1)
+        weights = mask.to(neighbours.dtype) if self.uniform else \
+            inputs.honest_weights[start:stop].masked_fill(~mask, 0.0)
+        pull = torch.bmm(weights.to(neighbours.dtype).unsqueeze(1), neighbours).squeeze(1)
         scale = coefficients.to(x_t.dtype).unsqueeze(1)
         return x_t[local] - scale * pull[local]
 
