@@ -742,6 +742,27 @@ def test_clipped_gossip_adaptive_radius_by_hand() -> None:
     assert plain(own, received, weights).tolist() == pytest.approx([0.25 * 9])
 
 
+def test_clipped_gossip_second_largest_radius_is_the_reference_codes_by_hand() -> None:
+    own = torch.tensor([0.0])
+    received = torch.tensor([[1.0], [-2.0], [10.0]])
+    weights = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    # Distances 1, 2, 10: tau = 2 (second largest). Steps: 1, -2, 2 (clipped from 10)
+    # -> 0.25 * (1 - 2 + 2) = 0.25.
+    rule = get_rule("clipped_gossip", adaptive="second_largest")
+    assert rule(own, received, weights).tolist() == pytest.approx([0.25])
+    assert rule.stats["tau"] == pytest.approx(2.0)
+    assert rule.stats["clipped"] == 1.0
+    # One neighbour: the largest (its own distance), so nothing is clipped.
+    alone = get_rule("clipped_gossip", adaptive="second_largest")
+    assert alone(own, torch.tensor([[4.0]]), torch.tensor([0.5, 0.5])).tolist() == [2.0]
+    assert alone.stats["tau"] == pytest.approx(4.0)
+    for bad, match in [({"adaptive": "median"}, "adaptive must be one of"),
+                       ({"adaptive": "second_largest", "tau": 1.0}, "only applies"),
+                       ({"adaptive": "second_largest", "delta": 0.1}, "oracle radius")]:
+        with pytest.raises(ValueError, match=match):
+            get_rule("clipped_gossip", **bad)
+
+
 def test_clipped_gossip_adaptive_radius_presumes_the_same_neighbours_in_float32() -> None:
     """Three neighbours of weight 1/30 carry exactly delta = 0.1 together, so all three
     are presumed Byzantine, no honest spread is left and tau = 0 (the node stays put).

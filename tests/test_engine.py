@@ -33,6 +33,7 @@ BATCHED_RULES: list[tuple[str, dict[str, Any]]] = [
     ("mean", {}),
     ("clipped_gossip", {"tau": 0.5}),
     ("clipped_gossip", {}),  # the adaptive (oracle) radius
+    ("clipped_gossip", {"adaptive": "second_largest"}),
     ("clipped_gossip", {"delta": 0.2}),
     ("balance", {}),
     ("trimmed_mean", {"b": 1}),
@@ -115,7 +116,7 @@ def test_batched_attack_gives_the_per_node_metrics(attack: str,
 @pytest.mark.parametrize("aggregation", ["gram", "gather"])
 @pytest.mark.parametrize(("rule", "rule_args"), [
     ("gossip", {}), ("mean", {}), ("clipped_gossip", {"tau": 0.5}), ("clipped_gossip", {}),
-    ("balance", {})])
+    ("clipped_gossip", {"adaptive": "second_largest"}), ("balance", {})])
 def test_gram_and_gathering_paths_give_the_per_node_metrics(
         rule: str, rule_args: dict[str, Any], aggregation: str) -> None:
     """Distance-and-weight rules from a Gram matrix of the stacked models, or on gathered

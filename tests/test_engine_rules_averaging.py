@@ -160,6 +160,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("clipped_gossip", {"delta": 0.15}),
     ("clipped_gossip", {"delta": 0.0}),
     ("clipped_gossip", {"delta": 1.0}),
+    ("clipped_gossip", {"adaptive": "second_largest"}),
     ("balance", {"total_rounds": 10}),
     ("balance", {"total_rounds": 4, "gamma": 1.0, "kappa": 0.5, "alpha": 0.2}),
     ("centered_clipping", {"tau": 0.5}),

@@ -115,17 +115,29 @@ class ClippedGossip(Rule):
     """ClippedGossip: ``x_i <- x_i + sum_{j in N(i)} W_ij clip(x_j - x_i, tau)``.
 
     ``weights`` default to uniform ``1 / (k + 1)``. With ``tau=None`` the radius adapts per
-    call: the farthest neighbours carrying mixing weight ``delta`` (the assumed Byzantine
-    weight; default the largest single neighbour weight) are presumed Byzantine and the
-    radius is the paper's oracle choice ``tau^2 = (1/delta) sum_{j presumed honest}
-    W_ij ||x_j - x_i||^2`` computed on the rest. ``delta = 0`` means no clipping (gossip).
+    call, in one of two ways (``adaptive``):
+
+    * ``"oracle"`` (default): the farthest neighbours carrying mixing weight ``delta``
+      (the assumed Byzantine weight; default the largest single neighbour weight) are
+      presumed Byzantine and the radius is the paper's oracle choice ``tau^2 = (1/delta)
+      sum_{j presumed honest} W_ij ||x_j - x_i||^2`` computed on the rest (our plug-in).
+      ``delta = 0`` means no clipping (gossip).
+    * ``"second_largest"``: the second-largest distance ``||x_j - x_i||`` over the
+      neighbours received (the largest when there is one), the rule of the ClippedGossip
+      authors' reference code (He, Karimireddy, Jaggi, arXiv:2202.01545).
     """
+
+    ADAPTIVE = ("oracle", "second_largest")
 
     uses_weights = True
     server_reference = True
 
-    def __init__(self, tau: float | None = None, delta: float | None = None) -> None:
+    def __init__(self, tau: float | None = None, delta: float | None = None,
+                 adaptive: str = "oracle") -> None:
         super().__init__()
+        if adaptive not in self.ADAPTIVE:
+            raise ValueError(f"clipped_gossip: adaptive must be one of "
+                             f"{', '.join(self.ADAPTIVE)}, got {adaptive!r}")
         if tau is not None:
             check_positive("clipped_gossip", "tau", tau)
             if delta is not None:
@@ -133,13 +145,23 @@ class ClippedGossip(Rule):
                     f"clipped_gossip: delta only applies to the adaptive radius (tau=None), "
                     f"got tau = {tau} and delta = {delta}"
                 )
+            if adaptive != "oracle":
+                raise ValueError(f"clipped_gossip: adaptive={adaptive!r} only applies to the "
+                                 f"adaptive radius (tau=None), got tau = {tau}")
         if delta is not None:
             check_fraction("clipped_gossip", "delta", delta)
+            if adaptive != "oracle":
+                raise ValueError("clipped_gossip: delta belongs to the oracle radius, not to "
+                                 f"adaptive={adaptive!r}")
         self.tau = tau
         self.delta = delta
+        self.adaptive = adaptive
 
     def adaptive_radius(self, distances: Tensor, neighbour_weights: Tensor) -> float:
-        """The plug-in oracle radius described in the class docstring."""
+        """The adaptive radius described in the class docstring."""
+        if self.adaptive == "second_largest":
+            ordered = torch.sort(distances, descending=True).values
+            return float(ordered[1] if ordered.shape[0] >= 2 else ordered[0])
         delta = float(neighbour_weights.max()) if self.delta is None else self.delta
         if delta <= 0.0:
             return float("inf")

@@ -192,7 +192,11 @@ class BatchedClippedGossip(BatchedRule):
         """``Tensor[R]`` (own's dtype): :meth:`ClippedGossip.adaptive_radius` per row. The
         kept slots are ordered by decreasing distance (rejected and padded slots last, with
         weight zero), the farthest ones whose cumulative weight stays within ``delta`` are
-        presumed Byzantine and ``tau^2 = sum_{rest} W_ij d_ij^2 / delta``."""
+        presumed Byzantine and ``tau^2 = sum_{rest} W_ij d_ij^2 / delta``; with
+        ``adaptive="second_largest"``, the second-largest kept distance (the largest
+        where one slot is kept)."""
+        if self.params.adaptive == "second_largest":
+            return second_largest_kept(p.kept, distances)
         weights = p.slot_weights
         if self.params.delta is None:
             # Kept weights are >= 0 and the others zero: the row maximum is the kept one.
@@ -229,6 +233,17 @@ class BatchedClippedGossip(BatchedRule):
         stats["clipped"] = _only_where(clipped.sum(dim=1), p.aggregated)
         stats["tau"] = _only_where(tau_rows, p.aggregated)
         return p.finish(p.own + step), stats
+
+
+def second_largest_kept(kept: Tensor, distances: Tensor) -> Tensor:
+    """``Tensor[R]``: per row, the second-largest of the kept ``distances`` (the largest
+    where one is kept; ``+inf``, no clipping, where none is)."""
+    masked = torch.where(kept, distances, -math.inf)
+    top = torch.topk(masked, k=min(2, masked.shape[1]), dim=1).values
+    count = kept.sum(dim=1)
+    second = top[:, 1] if top.shape[1] > 1 else top[:, 0]
+    radius = torch.where(count >= 2, second, top[:, 0])
+    return torch.where(count > 0, radius, math.inf)
 
 
 @register_batched_rule(CenteredClipping)
