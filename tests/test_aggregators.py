@@ -20,7 +20,7 @@ import reference_rules as ref
 import torch
 from torch import Tensor
 
-from flwr_tempered.aggregators import Rule, available_rules, get_rule
+from flwr_tempered.aggregators import Bucketing, Rule, available_rules, get_rule
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64]
@@ -371,6 +371,56 @@ def test_rule_does_not_modify_its_inputs(case: Case) -> None:
     assert torch.equal(own, copies[0]) and torch.equal(received, copies[1])
     if weights is not None:
         assert torch.equal(weights, copies[2])
+
+
+class _Recorder(Rule):
+    """An inner rule that keeps what it was given and returns its own input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: tuple[Tensor, Tensor] | None = None
+
+    def _aggregate(self, own: Tensor, received: Tensor, weights: Tensor | None, *,
+                   round: int, rejected: int) -> Tensor:
+        self.seen = (own.clone(), received.clone())
+        return own
+
+
+def test_bucketing_reference_layout_pairs_every_input_twice_own_included() -> None:
+    """The reference code's layout: own and the k received in one list, each entry twice,
+    shuffled, consecutive pairs averaged into k + 1 buckets, the first in own's place.
+    One-hot inputs make every bucket readable: bucket = (e_i + e_j) / 2."""
+    own, received = torch.eye(5)[0], torch.eye(5)[1:]
+    recorder = _Recorder()
+    rule = Bucketing(s=2, inner=recorder, seed=7, layout="reference")
+    rule(own, received)
+    assert recorder.seen is not None
+    buckets = torch.cat([recorder.seen[0].unsqueeze(0), recorder.seen[1]])
+    assert buckets.shape == (5, 5)
+    # Each bucket is the mean of two entries; each input appears in exactly two entries.
+    assert torch.allclose(buckets.sum(dim=1), torch.ones(5, dtype=buckets.dtype))
+    assert torch.allclose(buckets.sum(dim=0), torch.ones(5, dtype=buckets.dtype))
+    assert set((buckets * 2).flatten().tolist()) <= {0.0, 1.0, 2.0}
+    assert rule.stats["buckets"] == 5.0
+
+
+def test_bucketing_reference_layout_then_mean_is_the_plain_mean() -> None:
+    # The buckets hold every input s times over s: their mean is the inputs' mean.
+    generator = torch.Generator().manual_seed(3)
+    own = torch.randn(4, generator=generator, dtype=torch.float64)
+    received = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    for s in (1, 2, 3):
+        result = get_rule("bucketing", s=s, inner="mean", layout="reference")(own, received)
+        expected = torch.cat([own.unsqueeze(0), received]).mean(dim=0)
+        assert torch.allclose(result, expected, atol=1e-12), s
+
+
+def test_bucketing_reference_layout_is_refused_on_a_server_and_bad_layouts_are_named() -> None:
+    rule = get_rule("bucketing", layout="reference")
+    with pytest.raises(ValueError, match="no server form"):
+        rule.aggregate_clients(torch.zeros(2), torch.ones(3, 2), None, round=0)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        get_rule("bucketing", layout="pairs")
 
 
 def test_received_in_another_dtype_is_cast_to_owns() -> None:

@@ -100,7 +100,8 @@ def test_unknown_parameter_raises_listing_accepted_ones() -> None:
 def test_get_attack_passes_parameters_and_sets_name() -> None:
     attack = get_attack("alie", z=10)
     assert isinstance(attack, ALIE) and attack.z == 10.0 and attack.name == "alie"
-    assert attack.config() == {"name": "alie", "z": 10.0}
+    assert attack.config() == {"name": "alie", "z": 10.0, "ddof": 0, "z_from": "target",
+                               "n": None, "f": None}
     assert attack_class("fang_trim") is FangTrim
 
 

@@ -92,6 +92,16 @@ def test_the_rules_listed_here_are_all_batched() -> None:
         assert batched_attack_class(build_attack(config, 0)) is not None, name
 
 
+def test_bucketing_in_the_reference_layout_falls_back_to_the_per_node_rule() -> None:
+    config = RunConfig(**BASE, rule="bucketing",
+                       rule_args={"s": 2, "inner": "median", "layout": "reference"},
+                       attack="alie", attack_args={"z": 2.0})
+    engine = BatchedEngine(config, EngineOptions(device="cpu"))
+    assert type(engine.rule).__name__ == "PerNodeRule"
+    batched, nodes = both_engines(config)
+    assert_same_metrics(batched, nodes)
+
+
 @pytest.mark.parametrize(("rule", "rule_args"), BATCHED_RULES,
                          ids=[f"{r}-{a}" for r, a in BATCHED_RULES])
 def test_batched_rule_gives_the_per_node_metrics(rule: str, rule_args: dict[str, Any]) -> None:

@@ -105,16 +105,34 @@ class NearestNeighborMixing(Rule):
 
 @register_rule("bucketing")
 class Bucketing(Rule):
-    """Shuffle the received vectors into buckets of ``s``, average each bucket, then apply
-    ``inner`` to own and the bucket means. With weights, a bucket carries the sum of its
-    members' weights. ``seed`` fixes the shuffling sequence."""
+    """Bucketing (Karimireddy, He, Jaggi, ICLR 2022): shuffle, average in buckets of ``s``,
+    then apply ``inner``. ``seed`` fixes the shuffling sequence. Two layouts:
 
-    def __init__(self, s: int = 2, inner: RuleSpec = "mean", seed: int = 0) -> None:
+    * ``"received"`` (default): the received vectors are shuffled into ``ceil(k / s)``
+      buckets; ``inner`` aggregates own and the bucket means. With weights, a bucket
+      carries the sum of its members' weights.
+    * ``"reference"``: the layout of the ClippedGossip authors' reference code
+      (``dumbbell_improvement.py``): own and the received vectors form one list, every
+      entry is repeated ``s`` times, the ``s (k + 1)`` entries are shuffled, and
+      consecutive groups of ``s`` are averaged into ``k + 1`` buckets; the first bucket
+      takes own's place for ``inner`` and the others are its received inputs. Weights, if
+      any, stay with the positions (bucket ``j`` gets input ``j``'s weight), as the
+      reference's aggregators read them by position. Decentralized only.
+    """
+
+    LAYOUTS = ("received", "reference")
+
+    def __init__(self, s: int = 2, inner: RuleSpec = "mean", seed: int = 0,
+                 layout: str = "received") -> None:
         super().__init__()
         check_int_at_least("bucketing", "s", s, 1)
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"bucketing: layout must be one of {', '.join(self.LAYOUTS)}, "
+                             f"got {layout!r}")
         self.s = s
         self.inner = resolve_rule(inner)
         self.seed = seed
+        self.layout = layout
         self._generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -126,6 +144,9 @@ class Bucketing(Rule):
         return self.inner.requires_weights
 
     def check_input_count(self, k: int) -> None:
+        if self.layout == "reference":  # as many buckets as inputs
+            self.inner.check_input_count(k)
+            return
         self.inner.check_input_count(math.ceil(k / self.s))
 
     def reset(self) -> None:
@@ -135,6 +156,12 @@ class Bucketing(Rule):
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
+        if self.layout == "reference":
+            means = self._reference_buckets(torch.cat([own.unsqueeze(0), received]))
+            result, inner_stats = _run_inner(self.inner, means[0], means[1:], weights, round,
+                                             rejected)
+            self.stats.update(buckets=float(means.shape[0]), **inner_stats)
+            return result
         k = received.shape[0]
         means, membership = self._bucket_means(received)
         buckets = means.shape[0]
@@ -160,6 +187,9 @@ class Bucketing(Rule):
         if k == 0:
             self.stats = {"received": 0.0, "rejected_nonfinite": float(refused)}
             return reference.clone()
+        if self.layout == "reference":
+            raise ValueError("bucketing: layout='reference' puts the node's own model in the "
+                             "first bucket and has no server form; use layout='received'")
         means, membership = self._bucket_means(updates)
         buckets = means.shape[0]
         bucket_weights = None
@@ -177,6 +207,17 @@ class Bucketing(Rule):
             **{f"inner_{key}": value for key, value in self.inner.stats.items()},
         }
         return result
+
+    def _reference_buckets(self, inputs: Tensor) -> Tensor:
+        """``[n, d]``: every row of ``inputs`` repeated ``s`` times, shuffled, and each run
+        of ``s`` consecutive entries averaged (the reference code's layout)."""
+        n = inputs.shape[0]
+        entries = torch.arange(n * self.s) % n
+        shuffled = entries[torch.randperm(n * self.s, generator=self._generator)]
+        bucket = torch.arange(n * self.s) // self.s
+        sums = torch.zeros_like(inputs)
+        sums.index_add_(0, bucket.to(inputs.device), inputs[shuffled.to(inputs.device)])
+        return sums / self.s
 
     def _bucket_means(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """The means of ``rows`` shuffled into buckets of ``s``, and each row's bucket."""

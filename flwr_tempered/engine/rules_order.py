@@ -368,6 +368,8 @@ class BatchedBucketing(BatchedRule):
                  loss: BatchedLoss | None = None) -> None:
         super().__init__(rule, num_nodes, device, loss)
         assert isinstance(rule, Bucketing)
+        if rule.layout != "received":
+            raise NotImplementedError("the reference layout runs through the per-node rule")
         self.bucketing = rule
         self.generators: dict[int, torch.Generator] = {}
         self.inner_batched: BatchedRule | None = None
