@@ -7,6 +7,12 @@ learning in Byzantium", ICML 2018.
 
 In decentralized use the candidate set is own plus received (``n = k + 1``); server-side
 the global model plays ``own``.
+
+These follow the papers' definitions: a score sums *squared* distances, and Multi-Krum
+returns the *mean* of its ``m`` picks. The ClippedGossip authors' reference code differs
+on both (its scores square distances that are already squared, i.e. sum fourth powers,
+and its Multi-Krum returns the sum of the picks); with ``m = 1`` both give the same
+choice whenever the order of the scores agrees, which the fourth power can change.
 """
 
 from __future__ import annotations
