@@ -86,6 +86,13 @@ def test_published_settings_of_the_clippedgossip_menu() -> None:
     assert majority["hm0-ClippedGossip-IPM"].rule_args == {"tau": 0.1}
     assert majority["hm0-MOZI-IPM"].rule_args == {"rho": 0.4, "alpha": 0.5}
     assert majority["hm0-TM-IPM"].rounds == 900
+    # The reference code's conventions (docs/reproduction.md): ALIE's sample deviation,
+    # dissensus with uniform weights against rules that are not gossip-style averages.
+    assert majority["hm0-TM-ALIE10"].attack_args == {"z": 10.0, "ddof": 1}
+    assert majority["hm0-TM-dissensus1.5"].attack_args == {"eps": 1.5, "weights": "uniform"}
+    assert majority["hm1-MOZI-dissensus1.5"].attack_args["weights"] == "uniform"
+    assert majority["hm0-ClippedGossip-dissensus1.5"].attack_args == {"eps": 1.5}
+    assert delta["delta0.25-ALIE10"].config.attack_args == {"z": 10.0, "ddof": 1}
     dumbbell = {c.key: c.config for c in experiment_cases("dumbbell", "full")}
     assert topology_of(dumbbell["non-IID-TM"]).spectral_gap == pytest.approx(0.0154, abs=5e-4)
     assert dumbbell["non-IID-TM"].partition == "clique"
@@ -94,6 +101,7 @@ def test_published_settings_of_the_clippedgossip_menu() -> None:
     assert both.rule == "bucketing" and both.rule_args["inner"] == {"name": "trimmed_mean",
                                                                      "b": 1}
     assert both.topology_args["r"] == 1
+    assert both.rule_args["layout"] == "reference"
     cifar = {c.key: c.config for c in experiment_cases("dumbbell_cifar", "full")}
     assert cifar["IID-ClippedGossip"].rule_args == {"tau": 10.0}
     assert (cifar["IID-TM"].dataset, cifar["IID-TM"].model) == ("cifar10", "vgg11_no_bn")

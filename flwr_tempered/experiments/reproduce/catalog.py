@@ -125,9 +125,11 @@ def _mnist(preset: str, steps_cpu: int, steps_full: int, cpu_eval_every: int = M
 # ------------------------------------------------------------------ optimization_delta
 #: delta of two_cliques_with_byzantine(5, 1, delta); delta_max = delta * b / (b + 3).
 DELTAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: ALIE with the reference code's sample deviation (``torch.std``), as the papers' runs.
+ALIE_REFERENCE: dict[str, Any] = {"z": 10.0, "ddof": 1}
 DELTA_ATTACKS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("LF", "label_flip", {}),
-    ("ALIE10", "alie", {"z": 10.0}),
+    ("ALIE10", "alie", ALIE_REFERENCE),
     ("IPM", "ipm", {"eps": 0.1}),
     ("dissensus1.5", "dissensus", {"eps": 1.5}),
     ("BF", "bit_flip", {}),
@@ -159,10 +161,20 @@ HM_RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("MOZI", "mozi", {"rho": 0.4, "alpha": 0.5}),
 )
 HM_ATTACKS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("ALIE10", "alie", {"z": 10.0}),
+    ("ALIE10", "alie", ALIE_REFERENCE),
     ("IPM", "ipm", {"eps": 0.1}),
     ("dissensus1.5", "dissensus", {"eps": 1.5}),
 )
+
+
+def reference_attack_args(attack: str, args: Mapping[str, Any], rule: str) -> dict[str, Any]:
+    """``args`` with the reference code's conventions: its dissensus gives every
+    neighbour the weight ``1 / (degree + 1)`` against a rule that is not a gossip-style
+    average (everything but ClippedGossip and gossip here)."""
+    adjusted = dict(args)
+    if attack == "dissensus" and rule not in ("clipped_gossip", "gossip"):
+        adjusted["weights"] = "uniform"
+    return adjusted
 
 
 def _honest_majority(preset: str) -> list[Case]:
@@ -176,8 +188,8 @@ def _honest_majority(preset: str) -> list[Case]:
                     preset, 240, 900, topology="malicious_ring",
                     topology_args={"g": 5, "honest_majority": majority}, nodes=nodes,
                     byzantine=byzantine, partition="iid", rule=rule,
-                    rule_args=scaled_rule_args(rule, rule_args, preset),
-                    attack=attack, attack_args=attack_args, lr=0.01))
+                    rule_args=scaled_rule_args(rule, rule_args, preset), attack=attack,
+                    attack_args=reference_attack_args(attack, attack_args, rule), lr=0.01))
                 key = f"hm{int(majority)}-{rule_label}-{attack_label}"
                 cases.append(Case(key, config, {"rule": rule_label, "attack": attack_label,
                                                 "setting": setting}))
@@ -222,8 +234,9 @@ def _dumbbell_improvement(preset: str) -> list[Case]:
     for rule_label, rule, args in IMPROVEMENT_RULES:
         for setting, bucketing, r in IMPROVEMENT_SETTINGS:
             name, rule_args = rule, dict(args)
-            if bucketing:  # bucketing s = 2 around the rule
-                name, rule_args = "bucketing", {"s": 2, "inner": {"name": rule, **args}}
+            if bucketing:  # bucketing s = 2 around the rule, in the reference's layout
+                name, rule_args = "bucketing", {"s": 2, "inner": {"name": rule, **args},
+                                                "layout": "reference"}
             config = _dumbbell_config(preset, name, rule_args, "clique", r=r, steps_cpu=450)
             cases.append(Case(f"{rule_label}-{setting.replace(' + ', '+').replace(' ', '_')}",
                               config, {"rule": rule_label, "setting": setting}))
