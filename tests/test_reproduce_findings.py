@@ -72,8 +72,8 @@ def test_dumbbell_robust_rules_stall_at_the_cut(tmp_path: Path) -> None:
 def test_dumbbell_improvement_bucketing_and_edge_help_clipped_gossip(
         tmp_path: Path) -> None:
     """ClippedGossip gains with bucketing plus the random edge (paper: 70.7 -> 78.5 %),
-    at 270 of 900 steps. Trimmed mean's gain (paper: 50.7 -> 73.5 %) does not show at
-    the cpu preset's length; docs/reproduction.md records that."""
+    at 270 of 900 steps. Trimmed mean's gain (paper: 50.7 -> 73.5 %) shows at the cpu
+    preset's 450 steps with the reference bucketing layout (docs/reproduction.md)."""
     results = shortened(tmp_path, "dumbbell_improvement", 270,
                         ["ClippedGossip-base", "ClippedGossip-bucketing+edge"])
     base = final(results, "ClippedGossip-base", "accuracy_avg_model_clique_1")
