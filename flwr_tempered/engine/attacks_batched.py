@@ -289,7 +289,7 @@ class BatchedDissensus(_PerTargetAttack):
         neighbours.sub_(x_t.unsqueeze(1)).masked_fill_(~mask.unsqueeze(2), 0.0)
         weights = mask.to(neighbours.dtype) if self.uniform else \
             inputs.honest_weights[start:stop].masked_fill(~mask, 0.0)
-        pull = torch.bmm(weights.to(neighbours.dtype).unsqueeze(1), neighbours).squeeze(1)
+        pull = torch.bmm(weights.unsqueeze(1), neighbours).squeeze(1)
         scale = coefficients.to(x_t.dtype).unsqueeze(1)
         return x_t[local] - scale * pull[local]
 

@@ -227,9 +227,8 @@ class BatchedEngine:
         # Attackers whose attack never reads their own model skip local training (as
         # Node.train does): it could not change what they send.
         self.trainees = self.honest_mask.clone()
-        for attacker in self.byzantine:
-            if first is None or first.reads_own_model:
-                self.trainees[attacker] = True
+        if first is None or first.reads_own_model:
+            self.trainees[self.byzantine] = True
         self.data_poisoners = {a: attack for a, attack in self.attacks.items()
                                if isinstance(attack, DataPoisoningAttack)}
         self.crafter: BatchedAttack | None = None
