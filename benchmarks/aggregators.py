@@ -44,6 +44,16 @@ def rule_parameters_for(name: str, k: int) -> dict[str, Any]:
         "mozi": {"rho": 0.5, "alpha": 0.5, "loss_fn": lambda v: float(v.norm())},
         "nnm": {"f": f, "inner": "mean"},
         "bucketing": {"s": 2, "inner": {"name": "trimmed_mean", "b": 1}},
+        # MDA and SMEA examine C(k + 1, f) subsets: f = 2 keeps k = 128 at 8,256 (under
+        # the default cap), and SMEA's eigenvalues of (k - 1) x (k - 1) matrices per
+        # subset make f = 1 (k + 1 subsets) its representative setting.
+        "mda": {"f": min(f, 2)},
+        "smea": {"f": 1},
+        "monna": {"f": f},
+        "meamed": {"f": f},
+        "caf": {"f": f},
+        "arc": {"f": f, "inner": "mean"},
+        "static_clipping": {"c": 1.0, "inner": "mean"},
     }.get(name, {})
 
 

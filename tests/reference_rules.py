@@ -13,6 +13,8 @@ ones the rule sees *after* the non-finite filter: a test that removes rows passe
 lowered budget and the original neighbour count itself.
 
 Ties are broken towards the lower input index (own is index 0), as a stable sort does.
+The one numerical routine borrowed is ``numpy.linalg.eigh``, for the top eigenpair of an
+explicit ``d x d`` covariance matrix (the rules never form that matrix).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 Vector = list[float]
 Matrix = list[list[float]]
@@ -137,6 +141,19 @@ def trimmed_mean(own: Vector, received: Matrix, b: int) -> tuple[Vector, Stats]:
         kept = sorted(column(inputs, c))[b : n - b]
         result.append(sum(kept) / len(kept))
     return result, {}
+
+
+def meamed(own: Vector, received: Matrix, f: int) -> tuple[Vector, Stats]:
+    """Per coordinate, the mean of the ``n - f`` values closest to the median."""
+    inputs = all_inputs(own, received)
+    keep = len(inputs) - f
+    result = []
+    for c in range(len(own)):
+        values = column(inputs, c)
+        centre = median_of(values)
+        closest = sorted(values, key=lambda v, centre=centre: abs(v - centre))[:keep]
+        result.append(sum(closest) / keep)
+    return result, {"selected": float(keep)}
 
 
 # --------------------------------------------------------------------- geometric median
@@ -257,6 +274,125 @@ def bulyan_outcomes(own: Vector, received: Matrix, f: int, tie_rtol: float = 0.0
 def bulyan(own: Vector, received: Matrix, f: int) -> Outcome:
     """Bulyan with ties broken towards the lower index."""
     return bulyan_outcomes(own, received, f)[0]
+
+
+# ---------------------------------------------------- MoNNA, subset selection, CAF
+def mean_of_nearest(rows: Matrix, pivot: Vector, count: int) -> Vector:
+    """The mean of the ``count`` rows nearest to ``pivot`` (ties: the earlier row)."""
+    order = argsort([dist(x, pivot) for x in rows])
+    return average([rows[i] for i in order[:count]])
+
+
+def monna(own: Vector, received: Matrix, f: int) -> tuple[Vector, Stats]:
+    """The mean of the ``n - f`` inputs nearest to own (own, at distance 0, included)."""
+    inputs = all_inputs(own, received)
+    keep = len(inputs) - f
+    return mean_of_nearest(inputs, own, keep), {"selected": float(keep)}
+
+
+def covariance(rows: Matrix, weights: Sequence[float] | None = None) -> Matrix:
+    """``sum_i w_i (x_i - mu)(x_i - mu)^T / sum_i w_i`` with ``mu`` the weighted mean."""
+    w = [1.0] * len(rows) if weights is None else list(weights)
+    total = sum(w)
+    mu = scale(weighted_sum(rows, w), 1.0 / total)
+    d = len(mu)
+    return [[sum(wi * (x[a] - mu[a]) * (x[b] - mu[b]) for wi, x in zip(w, rows, strict=True))
+             / total for b in range(d)] for a in range(d)]
+
+
+def top_eigenpair(matrix: Matrix) -> tuple[float, Vector]:
+    """The largest eigenvalue of a symmetric matrix and a unit eigenvector for it."""
+    values, vectors = np.linalg.eigh(np.array(matrix, dtype=float))
+    return float(values[-1]), [float(v) for v in vectors[:, -1]]
+
+
+def diameter(rows: Matrix) -> float:
+    """The largest pairwise distance (0 for a single row)."""
+    return max((dist(a, b) for a, b in itertools.combinations(rows, 2)), default=0.0)
+
+
+def max_eigenvalue(rows: Matrix) -> float:
+    """The largest eigenvalue of the rows' empirical covariance."""
+    return top_eigenpair(covariance(rows))[0]
+
+
+def pairwise_spread(rows: Matrix) -> float:
+    """The sum of squared distances over the ordered pairs of rows."""
+    return sum(sq_dist(a, b) for a in rows for b in rows)
+
+
+def subset_outcome(inputs: Matrix, subset: Sequence[int]) -> Outcome:
+    """The mean of ``inputs[subset]`` and the stats of a subset-selection rule."""
+    return (average([inputs[i] for i in subset]),
+            {"selected": float(len(subset)), "own_selected": float(0 in subset)})
+
+
+def near_lowest(values: Sequence[float], tie_rtol: float, scale: float) -> list[int]:
+    """Indices of the values within ``tie_rtol * max(largest value, scale)`` of the lowest
+    (float rounding may rank any of them first)."""
+    tol = tie_rtol * max(max(abs(v) for v in values), scale)
+    return [i for i, v in enumerate(values) if v <= min(values) + tol]
+
+
+def mda_outcomes(own: Vector, received: Matrix, f: int, tie_rtol: float = 0.0
+                 ) -> list[Outcome]:
+    """MDA: the mean of the ``n - f`` inputs (own is input 0) of smallest diameter; among
+    subsets of exactly the same diameter (they share their farthest pair), the one of
+    smallest sum of squared pairwise distances. Every diameter within rounding of the
+    smallest heads a group of its own that may win."""
+    inputs = all_inputs(own, received)
+    subsets = list(itertools.combinations(range(len(inputs)), len(inputs) - f))
+    diameters = [diameter([inputs[i] for i in subset]) for subset in subsets]
+    spreads = [pairwise_spread([inputs[i] for i in subset]) for subset in subsets]
+    near = near_lowest(diameters, tie_rtol, math.sqrt(squared_scale(inputs)))
+    outcomes = []
+    for value in sorted({diameters[i] for i in near}):
+        group = [i for i in near if diameters[i] == value]
+        for j in near_lowest([spreads[i] for i in group], tie_rtol, squared_scale(inputs)):
+            outcomes.append(subset_outcome(inputs, subsets[group[j]]))
+    return outcomes
+
+
+def smea_outcomes(own: Vector, received: Matrix, f: int, tie_rtol: float = 0.0
+                  ) -> list[Outcome]:
+    """SMEA: the mean of the ``n - f`` inputs (own is input 0) whose covariance has the
+    smallest largest eigenvalue."""
+    inputs = all_inputs(own, received)
+    subsets = list(itertools.combinations(range(len(inputs)), len(inputs) - f))
+    scores = [max_eigenvalue([inputs[i] for i in subset]) for subset in subsets]
+    return [subset_outcome(inputs, subsets[i])
+            for i in near_lowest(scores, tie_rtol, squared_scale(inputs))]
+
+
+def caf_outcomes(own: Vector, received: Matrix, f: int, tie_rtol: float = 0.0
+                 ) -> list[Outcome]:
+    """CAF: weights ``c_i = 1``; each weight vector reached is a candidate (its weighted
+    mean and the top eigenvalue of its weighted covariance); stop at the first candidate
+    with ``sum c <= n - 2f``, else take the top eigenvector ``v``, ``tau_i = ((x_i -
+    mu)^T v)^2`` and ``c_i <- c_i (1 - tau_i / max_{j: c_j > 0} tau_j)`` (stop if that
+    maximum is 0). The candidate of smallest eigenvalue wins (within ``tie_rtol``)."""
+    inputs = all_inputs(own, received)
+    n = len(inputs)
+    c = [1.0] * n
+    candidates: list[tuple[float, Vector]] = []
+    steps = 0
+    for _ in range(n + 1):
+        total = sum(c)
+        mu = scale(weighted_sum(inputs, c), 1.0 / total)
+        eigenvalue, v = top_eigenpair(covariance(inputs, c))
+        candidates.append((max(eigenvalue, 0.0), mu))
+        if total <= n - 2 * f:
+            break
+        tau = [dot(sub(x, mu), v) ** 2 for x in inputs]
+        tau_max = max(t for t, weight in zip(tau, c, strict=True) if weight > 0)
+        if tau_max <= 0:
+            break
+        c = [max(weight * (1.0 - t / tau_max), 0.0) for weight, t in zip(c, tau, strict=True)]
+        steps += 1
+    lowest_value = min(value for value, _ in candidates)
+    tol = tie_rtol * max(max(value for value, _ in candidates), squared_scale(inputs))
+    return [(mu, {"steps": float(steps)}) for value, mu in candidates
+            if value <= lowest_value + tol]
 
 
 # ---------------------------------------------------------------------------- clipping
@@ -442,3 +578,33 @@ def bucketing(
     total = k if neighbours is None else neighbours
     lost = math.ceil(total / s) - count
     return prefixed(inner(own, means, bucket_weights, lost), buckets=float(count))
+
+
+def clipped_around(own: Vector, received: Matrix, radius: float) -> Matrix:
+    """Every received ``x`` moved to ``own + clip(x - own, radius)``."""
+    return [add(own, clip(sub(x, own), radius)) for x in received]
+
+
+def static_clipping(
+    own: Vector, received: Matrix, c: float, inner: InnerReference,
+    weights: Vector | None = None, lost: int = 0,
+) -> list[Outcome]:
+    """Clip every difference from own to norm ``c``, then apply ``inner``."""
+    lengths = [dist(x, own) for x in received]
+    return prefixed(inner(own, clipped_around(own, received, c), weights, lost),
+                    clipped=count_beyond(lengths, c))
+
+
+def arc(
+    own: Vector, received: Matrix, f: int, inner: InnerReference,
+    weights: Vector | None = None, lost: int = 0,
+) -> list[Outcome]:
+    """ARC over the ``n`` inputs (own's difference is 0): ``k = floor(2 (f/n) (n - f))``
+    (written in integers, where the floor is exact); the differences are clipped to the
+    ``(k + 1)``-th largest difference norm, then ``inner`` runs."""
+    n = len(received) + 1
+    lengths = [dist(x, own) for x in received]
+    k = (2 * f * (n - f)) // n
+    radius = sorted([0.0, *lengths], reverse=True)[k]
+    return prefixed(inner(own, clipped_around(own, received, radius), weights, lost),
+                    clipped=count_beyond(lengths, radius))

@@ -75,6 +75,19 @@ INVARIANT_RULES = [
         "fltrust", reference_fn=lambda own: own + torch.linspace(-1, 1, own.shape[0],
                                                                   dtype=own.dtype)),
               generic=True),
+    # Selections and filters decide by comparing distances, variances or projections:
+    # order invariant on generic inputs (MeaMed too: two values equally far from the
+    # median at the cut are an order-dependent tie).
+    Invariant("mda_f1", lambda: get_rule("mda", f=1), min_k=2, generic=True),
+    Invariant("mda_f2", lambda: get_rule("mda", f=2), min_k=4, generic=True),
+    Invariant("smea_f2", lambda: get_rule("smea", f=2), min_k=4, generic=True),
+    Invariant("monna_f2", lambda: get_rule("monna", f=2), min_k=4, generic=True),
+    Invariant("meamed_f2", lambda: get_rule("meamed", f=2), min_k=4, generic=True),
+    Invariant("caf_f2", lambda: get_rule("caf", f=2), min_k=4, generic=True),
+    Invariant("arc_f2_median", lambda: get_rule("arc", f=2, inner="median"), min_k=4,
+              generic=True),
+    Invariant("static_clipping_weighted", lambda: get_rule(
+        "static_clipping", c=1.0, inner="gossip"), generic=True, weights=True),
 ]
 
 
@@ -240,6 +253,13 @@ def test_translation_equivariance_of_the_distance_based_rules(
         lambda: get_rule("centered_clipping", tau=1.0),
         lambda: get_rule("nnm", f=1),
         lambda: get_rule("multi_krum", f=0, m=2),
+        lambda: get_rule("mda", f=1),
+        lambda: get_rule("smea", f=1),
+        lambda: get_rule("monna", f=1),
+        lambda: get_rule("meamed", f=1),
+        lambda: get_rule("caf", f=1),
+        lambda: get_rule("arc", f=1, inner={"name": "trimmed_mean", "b": 1}),
+        lambda: get_rule("static_clipping", c=1.0),
     ):
         moved = make()(own + shift, received + shift)
         torch.testing.assert_close(moved, make()(own, received) + shift, rtol=1e-9,
@@ -259,6 +279,9 @@ def test_identical_inputs_are_a_fixed_point_of_every_rule() -> None:
         get_rule("balance", total_rounds=5), get_rule("mozi", loss_fn=lambda v: 0.0),
         get_rule("nnm", f=2), get_rule("bucketing", inner="median"),
         get_rule("fltrust", reference_fn=lambda own: own + 1.0),
+        get_rule("mda", f=3), get_rule("smea", f=2), get_rule("monna", f=3),
+        get_rule("meamed", f=3), get_rule("caf", f=3), get_rule("arc", f=3),
+        get_rule("static_clipping", c=0.1, inner="median"),
     ]
     for rule in rules:
         assert math.isclose(float((rule(x, received, weights) - x).abs().max()), 0.0,

@@ -155,6 +155,39 @@ def test_ipm_sends_minus_eps_times_the_honest_mean() -> None:
     assert np.allclose(model_of(send(wrapped, GLOBAL, 5)), -0.5 * honest_mean, atol=1e-5)
 
 
+def test_optimal_alie_searches_z_against_the_servers_rule() -> None:
+    # Honest shifts {3, 4, 5, 6}: mu = 4.5, sigma = sqrt(1.25). The server takes the median
+    # of {3, 4, 5, 6, v, v} (mean of the 3rd and 4th values): 3.5 once v <= 3, i.e.
+    # z >= 1.5 / sqrt(1.25) = 1.34, the most it can be pulled (damage 1 per coordinate).
+    # The grid 0, 1, 2, ... first gets there at z = 2; the golden steps only tie it.
+    wrapped = malicious_clientapp(toy_app(), "optimal_alie", nodes=[0, 1], rule="median")
+    expected = GLOBAL + 4.5 - 2.0 * np.sqrt(1.25)
+    assert np.allclose(model_of(send(wrapped, GLOBAL, 0)), expected, atol=1e-5)
+    # against the mean (FedAvg) the largest z of the range wins
+    averaged = malicious_clientapp(toy_app(), {"name": "optimal_alie", "high": 5.0},
+                                   nodes=[0, 1], rule="mean")
+    assert np.allclose(model_of(send(averaged, GLOBAL, 1)), GLOBAL + 4.5 - 5.0 * np.sqrt(1.25),
+                       atol=1e-5)
+
+
+def test_attacks_that_run_the_servers_rule_need_it() -> None:
+    with pytest.raises(ValueError, match=r"optimal_ipm.*rule="):
+        malicious_clientapp(toy_app(), "optimal_ipm", nodes=[0])
+    with pytest.raises(ValueError, match="unknown rule"):
+        malicious_clientapp(toy_app(), "optimal_ipm", nodes=[0], rule="no_such_rule")
+
+
+def test_mimic_copies_the_honest_client_of_largest_deviation() -> None:
+    # Honest partitions 0, 3, 4, 5 shift by 1, 4, 5, 6 (mean 4): the direction of maximal
+    # variance is the all-ones one, and partition 0 (deviation -3) lies farthest along it.
+    wrapped = malicious_clientapp(toy_app(), "mimic", nodes=[1, 2])
+    for partition in (1, 2):
+        assert np.array_equal(model_of(send(wrapped, GLOBAL, partition)), GLOBAL + 1.0)
+    by_index = malicious_clientapp(toy_app(), {"name": "mimic", "choice": "index", "index": 2},
+                                   nodes=[1, 2])
+    assert np.array_equal(model_of(send(by_index, GLOBAL, 1)), GLOBAL + 5.0)
+
+
 def test_gaussian_noise_differs_between_attackers_and_repeats_with_the_seed() -> None:
     wrapped = malicious_clientapp(toy_app(), {"name": "gaussian", "sigma": 3.0}, nodes=[1, 2])
     one, two = model_of(send(wrapped, GLOBAL, 1)), model_of(send(wrapped, GLOBAL, 2))

@@ -12,6 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from flwr_tempered.aggregators import get_rule
 from flwr_tempered.aggregators.balance import Balance
 from flwr_tempered.aggregators.krum import krum_scores
 from flwr_tempered.attacks import (
@@ -81,7 +82,8 @@ ATTACK_KWARGS: dict[str, dict[str, Any]] = {
 def test_registry_lists_every_attack_family() -> None:
     expected = {
         "alie", "backdoor", "balance_adaptive", "bit_flip", "dissensus", "fang_krum",
-        "fang_trim", "gaussian", "ipm", "label_flip", "min_max", "min_sum", "sign_flip",
+        "fang_trim", "gaussian", "inf", "ipm", "label_flip", "mimic", "min_max", "min_sum",
+        "optimal_alie", "optimal_ipm", "sign_flip",
     }
     assert set(available_attacks()) == expected
     assert available_attacks() == sorted(available_attacks())
@@ -115,6 +117,16 @@ def test_get_attack_passes_parameters_and_sets_name() -> None:
         ("gaussian", {"sigma": -0.5}, "-0.5"),
         ("gaussian", {"around": "mean"}, "'mean'"),
         ("gaussian", {"seed": 1.5}, "1.5"),
+        ("gaussian", {"mean": float("nan")}, "nan"),
+        ("mimic", {"choice": "random"}, "'random'"),
+        ("mimic", {"index": -1}, "-1"),
+        ("optimal_alie", {"low": 5.0, "high": 1.0}, "5.0"),
+        ("optimal_alie", {"high": float("inf")}, "inf"),
+        ("optimal_alie", {"grid": 1}, "1"),
+        ("optimal_alie", {"refine": -1}, "-1"),
+        ("optimal_alie", {"ddof": 2}, "2"),
+        ("optimal_ipm", {"reference": "median"}, "'median'"),
+        ("optimal_ipm", {"low": 3.0, "high": 3.0}, "3.0"),
         ("sign_flip", {"scale": 0.0}, "0.0"),
         ("fang_trim", {"b": 1.0}, "1.0"),
         ("fang_krum", {"lambda_threshold": 0.0}, "0.0"),
@@ -208,6 +220,9 @@ def test_requirement_flags_say_what_a_runtime_must_pass() -> None:
     assert flags["sign_flip"] == (False, True, False)
     assert flags["balance_adaptive"] == (True, False, True)
     assert flags["dissensus"] == (False, False, False)
+    assert flags["optimal_alie"] == flags["optimal_ipm"] == (False, False, True)
+    assert attack_class("optimal_alie").needs_rule and attack_class("optimal_ipm").needs_rule
+    assert not any(attack_class(n).needs_rule for n in ("mimic", "inf", "alie", "ipm"))
     assert attack_class("min_max").uses_previous  # type: ignore[attr-defined]
 
 
@@ -220,7 +235,8 @@ def generic_view(dtype: torch.dtype, d: int = 4) -> AttackView:
         nb = torch.randn(h, d, generator=gen, dtype=dtype)
         w = torch.full((h,), 0.1, dtype=dtype)
         targets.append(TargetView(node, x, nb, w, 0.2, 2, 1.0 - 0.1 * h - 0.2,
-                                  torch.randn(d, generator=gen, dtype=dtype)))
+                                  torch.randn(d, generator=gen, dtype=dtype),
+                                  get_rule("median")))
     own = torch.randn(d, generator=gen, dtype=dtype)
     return AttackView(own, targets, own_previous=torch.zeros(d, dtype=dtype), round=3,
                       total_rounds=10)
@@ -234,7 +250,7 @@ def test_output_has_one_row_per_target_with_own_dtype(name: str, dtype: torch.dt
     out = attack(view)
     assert out.shape == (3, 4)
     assert out.dtype == dtype and out.device == view.own.device
-    assert torch.isfinite(out).all()
+    assert torch.isfinite(out).all() or name == "inf"
     empty = attack(AttackView(view.own, [], own_previous=view.own_previous, total_rounds=10))
     assert empty.shape == (0, 4)
 

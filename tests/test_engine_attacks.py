@@ -101,7 +101,7 @@ def per_node(topology: Topology, attacks: dict[int, AttackBase], half: Tensor,
     rows = []
     for a in sorted(topology.byzantine):
         node = attacker_node(topology, a, attacks[a], half, previous, rule)
-        for t, vector in _craft(node, sent, starts, round).items():
+        for t, vector in _craft(node, topology, sent, starts, round).items():
             rows.append((a, t, vector))
     return rows
 
@@ -201,7 +201,8 @@ def test_build_attack_inputs_dtypes_and_an_empty_round() -> None:
     assert inputs.honest.shape == (0, 0)
     assert inputs.byzantine_weight.dtype == torch.float32
     for attack in (get_attack("alie"), get_attack("dissensus"), get_attack("gaussian"),
-                   get_attack("bit_flip"), get_attack("sign_flip"), get_attack("ipm")):
+                   get_attack("bit_flip"), get_attack("sign_flip"), get_attack("ipm"),
+                   get_attack("inf")):
         assert tuple(batched({0: attack}, inputs, get_rule("gossip")).shape) == (0, D)
     with pytest.raises(ValueError, match="present"):
         build_attack_inputs(topology, half, None, present[:3], 0, 1)
@@ -281,6 +282,21 @@ def test_sign_flip_needs_previous() -> None:
                 get_rule("gossip"))
 
 
+def test_batched_inf_fills_every_edge_with_plus_infinity() -> None:
+    topology = hand_made()
+    half, previous = models(6, topology.n, torch.float32)
+    present = presence(topology, True)
+    attacks: dict[int, AttackBase] = {a: get_attack("inf") for a in topology.byzantine}
+    rows = per_node(topology, attacks, half, previous, present, get_rule("gossip"), 1)
+    inputs = build_attack_inputs(topology, half, previous, present, 1, ROUNDS)
+    out = batched(attacks, inputs, get_rule("gossip"))
+    assert [(a, t) for a, t, _ in rows] == list(zip(inputs.attackers.tolist(),
+                                                   inputs.targets.tolist(), strict=True))
+    assert out.shape == (len(rows), D) and out.dtype == torch.float32
+    assert bool((out == float("inf")).all())
+    assert all(bool(torch.isposinf(torch.as_tensor(v)).all()) for _, _, v in rows)
+
+
 def test_a_stray_attack_class_is_refused() -> None:
     with pytest.raises(TypeError, match="node 4"):
         batched_attacks.BatchedALIE({0: get_attack("alie"), 4: get_attack("ipm")},
@@ -292,6 +308,8 @@ GAUSSIAN: dict[str, dict[str, Any]] = {
     "own_sigma_0.5": {"around": "own", "sigma": 0.5},
     "zero_sigma_0": {"sigma": 0.0},
     "own_sigma_2": {"around": "own", "sigma": 2.0},
+    "zero_mean_3": {"mean": 3.0, "sigma": 0.5},
+    "own_mean_-1.5": {"around": "own", "mean": -1.5},
 }
 
 

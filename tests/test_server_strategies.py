@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference_rules as ref
 import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
@@ -446,6 +447,86 @@ def test_nnm_equals_a_reference_mixing_then_example_weighted_mean() -> None:
                           random_model(rng, shapes, centre=30.0))
     assert arrays is not None
     np.testing.assert_allclose(flat(as_numpy(arrays)), expected, rtol=0, atol=1e-5)
+
+
+def test_monna_pivots_on_the_global_model_and_never_averages_it() -> None:
+    """Clients 0, 1, 2, 100, f = 1: the mean of the 3 clients nearest to the global model.
+    Around 1.5 that is 0, 1, 2; around 1000 it is 1, 2, 100 (the pivot is no candidate)."""
+    replies = scalar_replies([[0.0], [1.0], [2.0], [100.0]])
+    strategy = ours.make_server_strategy("monna", rule_args={"f": 1})
+    near, _ = aggregate(strategy, replies, {"w": np.array([1.5], dtype=np.float32)})
+    assert near is not None and near["w"].numpy()[0] == pytest.approx(1.0)
+    far, _ = aggregate(strategy, replies, {"w": np.array([1000.0], dtype=np.float32)})
+    assert far is not None and far["w"].numpy()[0] == pytest.approx(103.0 / 3.0, rel=1e-6)
+    assert strategy.history[-1]["rule_stats"]["selected"] == 3.0
+
+
+def test_arc_and_static_clipping_clip_around_the_global_model() -> None:
+    """Global (1, 1); clients at global + (3, 4), (0, 1), (-6, 8), (0, 0).
+    ARC, f = 1 over the n = 4 clients: k = floor(2 * 1/4 * 3) = 1, so (-6, 8) is clipped to
+    the next norm, 5: (-3, 4); mean step (0, 9/4). Static clipping to 2: (1.2, 1.6), (0, 1),
+    (-1.2, 1.6), (0, 0); mean step (0, 1.05)."""
+    global_model = {"w": np.array([1.0, 1.0], dtype=np.float32)}
+    replies = scalar_replies([[4.0, 5.0], [1.0, 2.0], [-5.0, 9.0], [1.0, 1.0]])
+    arc = ours.make_server_strategy("arc", rule_args={"f": 1})
+    arrays, _ = aggregate(arc, replies, global_model)
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 3.25], atol=1e-6)
+    assert arc.history[-1]["rule_stats"]["clipped"] == 1.0
+    static = ours.make_server_strategy("static_clipping", rule_args={"c": 2.0})
+    arrays, _ = aggregate(static, replies, global_model)
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 2.05], atol=1e-6)
+    assert static.history[-1]["rule_stats"]["clipped"] == 2.0
+
+
+def _clients_reference(name: str, clients: list[list[float]], counts: list[int],
+                       global_vector: list[float]) -> list[ref.Outcome]:
+    """The new rules' server semantics from the slow references: the statistics run over
+    the clients (the first plays own); MoNNA pivots on the global model; ARC and static
+    clipping clip the clients around it, then take the example-weighted mean."""
+    first, rest, f = clients[0], clients[1:], 2
+    weights = [c / sum(counts) for c in counts]
+    if name == "mda":
+        return ref.mda_outcomes(first, rest, f, tie_rtol=1e-5)
+    if name == "smea":
+        return ref.smea_outcomes(first, rest, f, tie_rtol=1e-5)
+    if name == "caf":
+        return ref.caf_outcomes(first, rest, f, tie_rtol=1e-5)
+    if name == "meamed":
+        return [ref.meamed(first, rest, f)]
+    if name == "monna":
+        return [(ref.mean_of_nearest(clients, global_vector, len(clients) - f), {})]
+    n = len(clients)
+    lengths = sorted((ref.dist(x, global_vector) for x in clients), reverse=True)
+    radius = 1.5 if name == "static_clipping" else lengths[(2 * f * (n - f)) // n]
+    return [(ref.weighted_sum(ref.clipped_around(global_vector, clients, radius), weights), {})]
+
+
+NEW_RULE_ARGS: dict[str, dict[str, Any]] = {
+    "mda": {"f": 2}, "smea": {"f": 2}, "caf": {"f": 2}, "meamed": {"f": 2}, "monna": {"f": 2},
+    "arc": {"f": 2}, "static_clipping": {"c": 1.5},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_RULE_ARGS))
+def test_every_byzfl_rule_is_a_server_strategy_matching_its_reference(name: str) -> None:
+    """``make_server_strategy(name, rule_args=...)`` on seven clients' arrays returns the
+    slow reference's model (float32 arrays, the global model one unit away)."""
+    rng = np.random.default_rng(31)
+    models = [random_model(rng, SMALL) for _ in range(7)]
+    counts = [int(c) for c in rng.integers(5, 50, size=7)]
+    replies = [train_reply(i + 1, m, num_examples=c)
+               for i, (m, c) in enumerate(zip(models, counts, strict=True))]
+    global_model = random_model(rng, SMALL, scale=0.5, centre=1.0)
+    strategy = ours.make_server_strategy(name, rule_args=NEW_RULE_ARGS[name])
+    assert isinstance(strategy, ours.RobustFedAvg) and strategy.rule.name == name
+    arrays, _ = aggregate(strategy, replies, global_model)
+    assert arrays is not None and strategy.history[-1]["accepted"] == 7
+    got = flat(as_numpy(arrays))
+    clients = [flat(m).tolist() for m in models]
+    outcomes = _clients_reference(name, clients, counts, flat(global_model).tolist())
+    assert any(np.allclose(got, want, rtol=0, atol=1e-5) for want, _ in outcomes), name
 
 
 # ------------------------------------------------------------------------ malformed replies

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_dynamic_topology import DYNAMIC
 
 from flwr_tempered import topology as topo
 from flwr_tempered.topology import (
@@ -194,7 +195,8 @@ def test_malicious_ring_with_honest_majority() -> None:
 
 # ------------------------------------------------------------- every topology, generic
 def test_examples_cover_the_registry() -> None:
-    assert sorted(EXAMPLES) == available_topologies()
+    # the time-varying ones are covered in tests/test_dynamic_topology.py
+    assert sorted([*EXAMPLES, *(name for name, _ in DYNAMIC)]) == available_topologies()
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=_case_id)

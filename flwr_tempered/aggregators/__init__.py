@@ -8,7 +8,7 @@ Every rule follows the contract of :class:`~flwr_tempered.aggregators.base.Rule`
 See :mod:`flwr_tempered.aggregators.base` for the non-finite input policy.
 """
 
-from .averaging import Gossip, Mean
+from .averaging import Gossip, Local, Mean
 from .balance import Balance
 from .base import (
     Rule,
@@ -20,35 +20,54 @@ from .base import (
     rule_parameters,
 )
 from .clipping import CenteredClipping, ClippedGossip, clip_rows
+from .clipping_wrappers import AdaptiveRobustClipping, StaticClipping
 from .composition import Bucketing, NearestNeighborMixing
+from .covariance_filter import CovarianceFilter, covariance_filter
 from .fltrust import FLTrust
 from .geometric_median import GeometricMedian, smoothed_weiszfeld
 from .krum import Bulyan, Krum, MultiKrum, krum_scores, multi_krum_select
 from .linalg import pairwise_sq_distances, row_distances
+from .monna import MoNNA
 from .mozi import Mozi
-from .order_statistics import Median, TrimmedMean, coordinate_median, coordinate_trimmed_mean
+from .order_statistics import (
+    MeanAroundMedian,
+    Median,
+    TrimmedMean,
+    coordinate_median,
+    coordinate_trimmed_mean,
+)
+from .subset_selection import MinimumDiameterAveraging, SmallestMaxEigenvalueAveraging
 
 __all__ = [
+    "AdaptiveRobustClipping",
     "Balance",
     "Bucketing",
     "Bulyan",
     "CenteredClipping",
     "ClippedGossip",
+    "CovarianceFilter",
     "FLTrust",
     "GeometricMedian",
     "Gossip",
     "Krum",
+    "Local",
     "Mean",
+    "MeanAroundMedian",
     "Median",
+    "MinimumDiameterAveraging",
+    "MoNNA",
     "Mozi",
     "MultiKrum",
     "NearestNeighborMixing",
     "Rule",
+    "SmallestMaxEigenvalueAveraging",
+    "StaticClipping",
     "TrimmedMean",
     "available_rules",
     "clip_rows",
     "coordinate_median",
     "coordinate_trimmed_mean",
+    "covariance_filter",
     "get_rule",
     "krum_scores",
     "multi_krum_select",

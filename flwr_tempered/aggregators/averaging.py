@@ -49,3 +49,28 @@ class Gossip(Rule):
         assert weights is not None  # guaranteed by requires_weights
         neighbour_weights = weights[1:]
         return (1.0 - neighbour_weights.sum()) * own + neighbour_weights @ received
+
+
+@register_rule("local")
+class Local(Rule):
+    """No collaboration: every node keeps its own model and ignores what it received.
+
+    The baseline a robust rule must beat to be worth running: an honest node that trains
+    on its shard alone cannot be poisoned, so a rule whose honest nodes end below
+    ``local`` has cost them more than the attack it stopped. Decentralized only; a server
+    has no model of its own to keep.
+    """
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        self._note_accepted(torch.zeros(received.shape[0], dtype=torch.bool,
+                                        device=received.device))
+        return own.clone()
+
+    def _aggregate_clients(
+        self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
+        refused: int,
+    ) -> Tensor:
+        raise ValueError("local: the no-collaboration baseline keeps each node's own model "
+                         "and has no server form; use fedavg or a robust rule on a server")

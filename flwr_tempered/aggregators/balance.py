@@ -51,6 +51,7 @@ class Balance(Rule):
         radius = self.acceptance_radius(own, round)
         accepted = row_distances(received, own) <= radius
         count = int(accepted.sum())
+        self._note_accepted(accepted)
         k = received.shape[0] + rejected
         self.stats.update(
             accepted=float(count),

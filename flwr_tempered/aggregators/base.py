@@ -70,6 +70,13 @@ class Rule(ABC):
 
     def __init__(self) -> None:
         self.stats: dict[str, float] = {}
+        #: Which received rows the last call let into its average (``Tensor[k]`` bool, in
+        #: the caller's row order, non-finite rows ``False``), for rules that accept or
+        #: reject whole inputs (BALANCE, MOZI, the Krum family); ``None`` for the others.
+        #: A runtime that knows which senders are Byzantine (a simulation) splits it into
+        #: the acceptance rate of honest and of Byzantine inputs.
+        self.accepted_rows: Tensor | None = None
+        self._accepted_kept: Tensor | None = None
 
     # ----------------------------------------------------------------------------- API
     def __call__(
@@ -106,10 +113,19 @@ class Rule(ABC):
         }
         if refused:
             self.stats["refused"] = float(refused)
+        self.accepted_rows = self._accepted_kept = None
         if received.shape[0] == 0:
             return own.clone()
         result = self._aggregate(own, received, weights, round=round, rejected=rejected + refused)
+        if self._accepted_kept is not None:
+            self.accepted_rows = torch.zeros_like(finite)
+            self.accepted_rows[finite] = self._accepted_kept.to(finite.device)
         return result.to(device=own.device, dtype=own.dtype)
+
+    def _note_accepted(self, kept_rows: Tensor) -> None:
+        """Record which rows of ``received`` (as :meth:`_aggregate` sees it: finite rows
+        only) entered the average; :meth:`__call__` maps it to :attr:`accepted_rows`."""
+        self._accepted_kept = kept_rows
 
     def aggregate_clients(
         self,
@@ -336,12 +352,38 @@ def check_int_at_least(rule_name: str, param: str, value: int, minimum: int) -> 
         raise ValueError(f"{rule_name}: {param} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_majority(rule_name: str, n: int, f: int) -> None:
+    """Raise ``ValueError`` unless ``n >= 2f + 1`` (the honest majority a rule assumes)."""
+    if n < 2 * f + 1:
+        raise ValueError(
+            f"{rule_name}: needs n >= 2f + 1 inputs (own plus received), got n = {n}, f = {f}"
+        )
+
+
 def check_fraction(rule_name: str, param: str, value: float, *, open_low: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` lies in [0, 1] (or (0, 1] if ``open_low``)."""
     low_ok = value > 0 if open_low else value >= 0
     if not (isinstance(value, int | float) and low_ok and value <= 1):
         interval = "(0, 1]" if open_low else "[0, 1]"
         raise ValueError(f"{rule_name}: {param} must lie in {interval}, got {value!r}")
+
+
+class HonestMajorityRule(Rule):
+    """A rule with a Byzantine budget ``f`` over ``n`` inputs (own plus received; server-side,
+    the clients) that needs ``n >= 2f + 1``; :meth:`budget` is ``f`` lowered by the inputs
+    proven faulty, as the non-finite policy says."""
+
+    def __init__(self, f: int) -> None:
+        super().__init__()
+        check_int_at_least(self.name, "f", f, 0)
+        self.f = f
+
+    def check_input_count(self, k: int) -> None:
+        check_majority(self.name, k + 1, self.f)
+
+    def budget(self, rejected: int) -> int:
+        """``f`` lowered by one per rejected (or refused) input, never below zero."""
+        return max(self.f - rejected, 0)
 
 
 # ---------------------------------------------------------------------------- registry

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .averaging import stack_with_own
-from .base import Rule, check_int_at_least, register_rule, resolve_rule
+from .base import Rule, check_int_at_least, check_majority, register_rule, resolve_rule
 from .linalg import pairwise_sq_distances
 
 RuleSpec = Rule | str | Mapping[str, Any]
@@ -64,11 +64,7 @@ class NearestNeighborMixing(Rule):
         return self.inner.requires_weights
 
     def check_input_count(self, k: int) -> None:
-        if k + 1 < 2 * self.f + 1:
-            raise ValueError(
-                f"{self.name}: needs n >= 2f + 1 inputs (own plus received), "
-                f"got n = {k + 1}, f = {self.f}"
-            )
+        check_majority(self.name, k + 1, self.f)
         self.inner.check_input_count(k)
 
     def _aggregate(

@@ -93,6 +93,9 @@ class MultiKrum(Rule):
         m = min(self.m, n - f)
         chosen = multi_krum_select(inputs, min(f, n - 3), m)
         self.stats.update(accepted=float(m), own_selected=float(bool((chosen == 0).any())))
+        picked = torch.zeros(n, dtype=torch.bool, device=inputs.device)
+        picked[chosen] = True
+        self._note_accepted(picked[1:])
         return inputs[chosen].mean(dim=0)
 
     def _aggregate_clients(

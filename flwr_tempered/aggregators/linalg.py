@@ -43,15 +43,23 @@ def centred_norms_and_dots(
 RELATIVE_PRECISION = 1e-3
 
 
+def centred_gram(inputs: Tensor, point: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``(inputs - point) (inputs - point)^T`` (``Tensor[n, n]``), accumulated over column
+    blocks so that no ``[n, d]`` temporary is formed; in ``dtype`` (default: the inputs')."""
+    n, d = inputs.shape
+    dtype = inputs.dtype if dtype is None else dtype
+    gram = torch.zeros(n, n, dtype=dtype, device=inputs.device)
+    width = max(1, BLOCK_ELEMENTS // max(n, 1))
+    for lo in range(0, d, width):
+        centred = (inputs[:, lo : lo + width] - point[lo : lo + width]).to(dtype)
+        gram.addmm_(centred, centred.T)
+    return gram
+
+
 def _gram_sq_distances(inputs: Tensor, centre: int) -> tuple[Tensor, Tensor]:
     """Squared distances via a Gram matrix of the rows centred at row ``centre``, and the
     squared norms of those centred rows (accumulated over column blocks)."""
-    n, d = inputs.shape
-    gram = torch.zeros(n, n, dtype=inputs.dtype, device=inputs.device)
-    width = max(1, BLOCK_ELEMENTS // max(n, 1))
-    for lo in range(0, d, width):
-        centred = inputs[:, lo : lo + width] - inputs[centre, lo : lo + width]
-        gram.addmm_(centred, centred.T)
+    gram = centred_gram(inputs, inputs[centre])
     sq_norms = gram.diagonal().clone()
     dist = sq_norms.unsqueeze(0) + sq_norms.unsqueeze(1) - 2.0 * gram
     dist.fill_diagonal_(0.0)

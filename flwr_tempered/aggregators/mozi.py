@@ -65,6 +65,9 @@ class Mozi(Rule):
         good = closest[(losses <= own_loss).to(closest.device)]
         if good.numel() == 0:
             good = closest[:1]
+        mask = torch.zeros(received.shape[0], dtype=torch.bool, device=received.device)
+        mask[good] = True
+        self._note_accepted(mask)
         self.stats.update(
             accepted=float(good.numel()),
             acceptance_rate=good.numel() / k_total,

@@ -1,8 +1,9 @@
-"""Coordinate-wise order-statistic rules: median and trimmed mean.
+"""Coordinate-wise order-statistic rules: median, trimmed mean and mean around the median.
 
-D. Yin, Y. Chen, K. Ramchandran, P. Bartlett, "Byzantine-robust distributed learning:
-towards optimal statistical rates", ICML 2018. Decentralized use takes the statistics over
-own plus received.
+Median and trimmed mean: D. Yin, Y. Chen, K. Ramchandran, P. Bartlett, "Byzantine-robust
+distributed learning: towards optimal statistical rates", ICML 2018. Mean around the
+median (MeaMed): C. Xie, O. Koyejo, I. Gupta, "Generalized Byzantine-tolerant SGD",
+arXiv:1802.10116, 2018. Decentralized use takes the statistics over own plus received.
 
 On CPU the selection runs through ``numpy.partition`` (introselect, linear time per
 coordinate), several times faster than a full sort; on other devices through ``torch.sort``.
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .averaging import stack_with_own
-from .base import Rule, check_int_at_least, register_rule
+from .base import HonestMajorityRule, Rule, check_int_at_least, register_rule
 
 #: Below this many coordinates a selection runs on one thread.
 PARALLEL_MIN_COLUMNS = 1 << 18
@@ -126,3 +127,18 @@ class TrimmedMean(Rule):
     ) -> Tensor:
         b = max(self.b - rejected, 0)
         return coordinate_trimmed_mean(stack_with_own(own, received), b)
+
+
+@register_rule("meamed")
+class MeanAroundMedian(HonestMajorityRule):
+    """MeaMed: per coordinate, the mean of the ``n - f`` values closest to the coordinate-wise
+    median, over own and received (needs ``n >= 2f + 1``). Which of two values equally far
+    from the median is kept is unspecified (one of them, per coordinate)."""
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        inputs = stack_with_own(own, received)
+        kept = inputs.shape[0] - self.budget(rejected)
+        self.stats.update(selected=float(kept))
+        return mean_of_closest(inputs, coordinate_median(inputs), kept)

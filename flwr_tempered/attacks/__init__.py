@@ -23,8 +23,10 @@ from .base import (
 from .data_poisoning import Backdoor, LabelFlip, triggered_test_set
 from .dissensus import Dissensus
 from .fang import FangKrum, FangTrim
+from .mimic import Mimic
 from .min_max import MinMax, MinSum
-from .simple import BitFlip, Gaussian, InnerProductManipulation, SignFlip
+from .optimal import OptimalALIE, OptimalIPM
+from .simple import BitFlip, Gaussian, Inf, InnerProductManipulation, SignFlip
 
 __all__ = [
     "ALIE",
@@ -38,11 +40,15 @@ __all__ = [
     "FangKrum",
     "FangTrim",
     "Gaussian",
+    "Inf",
     "InnerProductManipulation",
     "LabelFlip",
+    "Mimic",
     "MinMax",
     "MinSum",
     "ModelPoisoningAttack",
+    "OptimalALIE",
+    "OptimalIPM",
     "SignFlip",
     "TargetView",
     "alie_default_z",

@@ -1,7 +1,8 @@
-"""Simple model-poisoning attacks: bit flip, Gaussian noise, sign flip and IPM."""
+"""Simple model-poisoning attacks: bit flip, Gaussian noise, infinity, sign flip and IPM."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .base import (
@@ -29,11 +30,17 @@ class BitFlip(ModelPoisoningAttack):
 
 @register_attack("gaussian")
 class Gaussian(ModelPoisoningAttack):
-    """Send Gaussian noise ``N(0, sigma^2 I)`` (``around="zero"``) or
-    ``own + N(0, sigma^2 I)`` (``around="own"``).
+    """Send Gaussian noise ``N(mean, sigma^2 I)``, alone or added to the attacker's model.
+
+    ``around="zero"`` sends the noise, ``around="own"`` sends ``own + N(mean, sigma^2 I)``.
+    ``around="zero"`` with ``mean`` and ``sigma`` is ByzFL's ``Gaussian(mu, sigma)`` attack
+    (González, Guerraoui, Pinot, Rizk, Stephan, Taïani, "ByzFL: research framework for
+    robust federated learning", arXiv:2505.24802). With ``around="own"`` the noise keeps
+    its mean, so the attacker's own model is shifted by ``mean`` on every coordinate too.
 
     Every target receives an independent draw (a Byzantine node may equivocate), taken
-    from the instance generator seeded with ``seed``.
+    from the instance generator seeded with ``seed``: ``mean + sigma * N(0, 1)`` from one
+    ``torch.randn((targets, d))`` a call.
     """
 
     uses_targets_models = False
@@ -45,18 +52,48 @@ class Gaussian(ModelPoisoningAttack):
         """Only noise around the attacker's own model reads it."""
         return self.around == "own"
 
-    def __init__(self, sigma: float = 1.0, around: str = "zero", seed: int = 0) -> None:
+    def __init__(self, sigma: float = 1.0, around: str = "zero", seed: int = 0,
+                 mean: float = 0.0) -> None:
         super().__init__(seed)
         check_finite(self.name, "sigma", sigma, minimum=0.0)
         check_choice(self.name, "around", around, self.AROUND)
+        check_finite(self.name, "mean", mean)
         self.sigma = float(sigma)
         self.around = around
+        self.mean = float(mean)
 
     def craft_all(self, view: AttackView) -> Tensor:
-        noise = self.sigma * self._randn((len(view.targets), view.own.shape[0]), view.own)
+        noise = self.mean + self.sigma * self._randn((len(view.targets), view.own.shape[0]),
+                                                     view.own)
         if self.around == "own":
             return view.own.unsqueeze(0) + noise
         return noise
+
+
+@register_attack("inf")
+class Inf(ModelPoisoningAttack):
+    """Send ``+inf`` on every coordinate to every target (ByzFL's ``Inf`` attack).
+
+    González et al., "ByzFL: research framework for robust federated learning",
+    arXiv:2505.24802.
+    The package's rules drop non-finite rows before aggregating (see
+    :mod:`flwr_tempered.aggregators.base`), so against them this attack amounts to the
+    attacker staying silent; it checks that no runtime or rule lets an infinity through.
+    """
+
+    uses_targets_models = False
+
+    @property
+    def reads_own_model(self) -> bool:
+        """A constant vector: the attacker's model is never read."""
+        return False
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def craft_all(self, view: AttackView) -> Tensor:
+        return torch.full((len(view.targets), view.own.shape[0]), float("inf"),
+                          dtype=view.own.dtype, device=view.own.device)
 
 
 @register_attack("sign_flip")

@@ -7,9 +7,10 @@ like ``app`` on honest nodes. On malicious nodes (chosen by partition id, or a s
 - data-poisoning attacks (``label_flip``, ``backdoor``) run ``app``'s train handler with
   every ``DataLoader`` batch poisoned (:mod:`.data_poisoning`), and send what it trained;
 - model-poisoning attacks (``gaussian``, ``sign_flip``, ``bit_flip``, ``alie``, ``ipm``,
-  ``fang_trim``, ``fang_krum``, ``min_max``, ``min_sum``) run ``app``'s train handler
-  honestly, then replace the model in its reply by the attack's vector; metrics and the
-  example count are kept, so the reply looks ordinary.
+  ``fang_trim``, ``fang_krum``, ``min_max``, ``min_sum``, ``mimic``, ``inf``,
+  ``optimal_alie``, ``optimal_ipm``) run ``app``'s train handler honestly, then replace the
+  model in its reply by the attack's vector; metrics and the example count are kept, so
+  the reply looks ordinary.
 
 Colluding attacks need to know the honest updates. With ``view="omniscient"`` (default)
 the attackers share an omniscient view in simulation: the wrapper runs ``app``'s train
@@ -22,7 +23,10 @@ partitions' own honest models (Fang et al.'s partial knowledge), ``view="own"`` 
 attacker's.
 
 The server is the attack's single target: its "honest set" is the honest clients' models,
-its reference point (``previous``) the global model the round started from.
+its reference point (``previous``) the global model the round started from. Attacks that
+run the target's rule (``optimal_alie``, ``optimal_ipm``: ``needs_rule``) need the server's
+rule as ``rule=``; they see it as the server applies it,
+``rule.aggregate_clients(global model, honest models + Byzantine copies)``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from flwr_tempered.aggregators import Rule, resolve_rule
 from flwr_tempered.attacks import (
     AttackBase,
     AttackView,
@@ -55,6 +60,7 @@ __all__ = ["VIEWS", "malicious_clientapp", "malicious_partitions"]
 VIEWS = ("omniscient", "colluders", "own")
 
 AttackSpec = str | Mapping[str, Any]
+RuleSpec = Rule | str | Mapping[str, Any]
 
 #: Per worker process: the honest models of the latest round, keyed by app, run, round,
 #: global-model digest and run config, so colluding attackers in one process train them
@@ -102,7 +108,8 @@ def _build_attack(spec: AttackSpec | AttackBase, seed: int) -> AttackBase:
 
 def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
                         nodes: Iterable[int] | None = None, fraction: float | None = None,
-                        seed: int = 0, view: str = "omniscient") -> ClientApp:
+                        seed: int = 0, view: str = "omniscient",
+                        rule: RuleSpec | None = None) -> ClientApp:
     """``app`` with the chosen nodes running ``attack`` (see the module docstring).
 
     Args:
@@ -113,6 +120,8 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
         fraction: the share of partitions that are malicious (drawn with ``seed``).
         seed: seeds the choice of partitions and randomised attacks.
         view: ``"omniscient"``, ``"colluders"`` or ``"own"`` (what colluding attacks see).
+        rule: the server's aggregation rule (a rule, a rule name or ``{"name": ..., **args}``)
+            for attacks that run it (``needs_rule``); ignored by the others.
     """
     if not isinstance(app, ClientApp):
         raise ValueError(f"malicious_clientapp: app must be a flwr ClientApp, got "
@@ -120,6 +129,11 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
     if view not in VIEWS:
         raise ValueError(f"malicious_clientapp: view must be one of {VIEWS}, got {view!r}")
     template = _build_attack(attack, seed)  # fail now on a bad name or parameter
+    server_rule = None if rule is None else resolve_rule(rule)
+    if server_rule is None and isinstance(template, ModelPoisoningAttack) and (
+            template.needs_rule):
+        raise ValueError(f"malicious_clientapp: attack {template.name!r} runs the server's "
+                         "aggregation rule; pass rule= (e.g. rule='median')")
     node_list = None if nodes is None else sorted(int(n) for n in nodes)
     if (node_list is None) == (fraction is None):
         raise ValueError("malicious_clientapp: give exactly one of nodes= or fraction=")
@@ -151,7 +165,8 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
             with poisoned_dataloaders(attack_now):
                 return app(message, context)
         assert isinstance(attack_now, ModelPoisoningAttack)
-        return _poisoned_reply(app, attack_now, message, context, partition, count, bad, view)
+        return _poisoned_reply(app, attack_now, message, context, partition, count, bad, view,
+                               server_rule)
 
     @wrapped.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
@@ -182,7 +197,7 @@ def _single_arrays(content: RecordDict, what: str) -> tuple[str, ArrayRecord]:
 
 def _poisoned_reply(app: ClientApp, attack: ModelPoisoningAttack, message: Message,
                     context: Context, partition: int, count: int, bad: frozenset[int],
-                    view: str) -> Message:
+                    view: str, rule: Rule | None) -> Message:
     """Train honestly, then send the attack's model instead of the trained one."""
     reply = app(copy_message(message), context)
     if reply.has_error():
@@ -204,7 +219,7 @@ def _poisoned_reply(app: ClientApp, attack: ModelPoisoningAttack, message: Messa
         honest = torch.stack([models[p] for p in who if p in models]) if models else (
             own.unsqueeze(0))
     crafted = _craft(attack, own, previous, honest, n_total=count, n_byzantine=len(bad),
-                     round=max(_round_of(message) - 1, 0))
+                     round=max(_round_of(message) - 1, 0), rule=rule)
     reply.content[key] = layout.to_record(crafted)
     return reply
 
@@ -244,8 +259,10 @@ def _view_models(app: ClientApp, message: Message, context: Context, partitions:
 
 
 def _craft(attack: ModelPoisoningAttack, own: torch.Tensor, previous: torch.Tensor,
-           honest: torch.Tensor, *, n_total: int, n_byzantine: int, round: int) -> torch.Tensor:
-    """The attack's vector for the server, whose honest set is ``honest``."""
+           honest: torch.Tensor, *, n_total: int, n_byzantine: int, round: int,
+           rule: Rule | None = None) -> torch.Tensor:
+    """The attack's vector for the server, whose honest set is ``honest`` (and whose rule,
+    if given, is ``rule`` applied server-side)."""
     uniform = 1.0 / n_total
     target = TargetView(
         node=0,
@@ -256,6 +273,35 @@ def _craft(attack: ModelPoisoningAttack, own: torch.Tensor, previous: torch.Tens
         n_byzantine=max(n_byzantine, 1),
         self_weight=uniform,
         previous=previous,
+        rule=None if rule is None else _ServerSide(rule, previous),
     )
     view = AttackView(own=own, targets=(target,), own_previous=previous, round=round)
     return attack(view)[0]
+
+
+class _ServerSide(Rule):
+    """A rule as a server applies it, behind the decentralized calling convention the
+    attacks use: ``self(own, received)`` is ``rule.aggregate_clients(reference,
+    [own, *received])``, the clients being ``own`` (the first honest client) and
+    ``received``. State and stats are the wrapped rule's."""
+
+    name = "server_side"
+
+    def __init__(self, rule: Rule, reference: torch.Tensor) -> None:
+        super().__init__()
+        self.rule = rule
+        self.reference = reference
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rule.load_state_dict(state)
+
+    def _aggregate(self, own: torch.Tensor, received: torch.Tensor,
+                   weights: torch.Tensor | None, *, round: int, rejected: int) -> torch.Tensor:
+        clients = torch.cat([own.unsqueeze(0), received])
+        result = self.rule.aggregate_clients(self.reference.to(own.dtype), clients,
+                                             round=round, refused=rejected)
+        self.stats.update(self.rule.stats)
+        return result

@@ -13,7 +13,8 @@ replaces one per-node attack of :mod:`flwr_tempered.attacks` (registered with
   gather ``[T_chunk, H + 1, d]`` with a mask, chunk by chunk so that a gather stays below
   :attr:`~flwr_tempered.engine.contracts.BatchedAttack.max_elements` elements, then
   expanded to the target's edges (several attackers usually share a target);
-* :class:`BatchedSignFlip`, :class:`BatchedBitFlip` depend on the attacker alone;
+* :class:`BatchedSignFlip`, :class:`BatchedBitFlip` depend on the attacker alone,
+  :class:`BatchedInf` on nothing;
 * :class:`BatchedGaussian` replays each attacker's own random stream: the per-node objects
   own seeded CPU generators and persist across rounds, so the noise is drawn from *their*
   generators, attacker by attacker, with the shapes and dtype the per-node
@@ -43,6 +44,7 @@ from flwr_tempered.attacks import (
     BitFlip,
     Dissensus,
     Gaussian,
+    Inf,
     InnerProductManipulation,
     SignFlip,
     alie_default_z,
@@ -57,6 +59,7 @@ __all__ = [
     "BatchedDissensus",
     "BatchedGaussian",
     "BatchedIPM",
+    "BatchedInf",
     "BatchedSignFlip",
     "build_attack_inputs",
 ]
@@ -110,7 +113,7 @@ def build_attack_inputs(topology: Topology, half: Tensor, previous: Tensor | Non
     attackers: list[int] = []
     targets: list[int] = []
     for a in sorted(byzantine):
-        for t in topology.neighbors(a):
+        for t in topology.recipients(a):
             if t in byzantine or not here[t]:
                 continue
             if t not in weight_of:
@@ -408,17 +411,33 @@ class BatchedBitFlip(BatchedAttack):
         return -inputs.half[inputs.attackers]
 
 
+@register_batched_attack(Inf)
+class BatchedInf(BatchedAttack):
+    """Infinity, batched: ``+inf`` on every coordinate of every edge (per-node:
+    :class:`~flwr_tempered.attacks.Inf`)."""
+
+    def __init__(self, attacks: Mapping[int, AttackBase], device: torch.device,
+                 target_rule: Rule | None) -> None:
+        super().__init__(attacks, device, target_rule)
+        _of_type(attacks, Inf)
+
+    def __call__(self, inputs: AttackInputs) -> Tensor:
+        half = inputs.half
+        return half.new_full((int(inputs.targets.shape[0]), int(half.shape[1])), math.inf)
+
+
 @register_batched_attack(Gaussian)
 class BatchedGaussian(BatchedAttack):
-    """Gaussian noise, batched: ``sigma * N(0, I)`` (``around="zero"``) or
-    ``own + sigma * N(0, I)`` (``around="own"``), an independent draw per edge (per-node:
-    :class:`~flwr_tempered.attacks.Gaussian`).
+    """Gaussian noise, batched: ``mean + sigma * N(0, I)`` (``around="zero"``) or
+    ``own + (mean + sigma * N(0, I))`` (``around="own"``), an independent draw per edge
+    (per-node: :class:`~flwr_tempered.attacks.Gaussian`).
 
     The noise is the per-node objects' own stream: for each attacker (few), one
     ``torch.randn((k, d))`` in the model dtype from ``self.attacks[a].generator`` on the
     CPU, ``k`` its number of targets this round — the single draw the per-node
-    ``craft_all`` makes (none when ``k = 0``) — then moved to the device. The generators
-    advance as in the per-node runtime, so the next round continues the same streams.
+    ``craft_all`` makes (none when ``k = 0``) — shifted and scaled with the same
+    operations, then moved to the device. The generators advance as in the per-node
+    runtime, so the next round continues the same streams.
     """
 
     def __init__(self, attacks: Mapping[int, AttackBase], device: torch.device,
@@ -432,8 +451,8 @@ class BatchedGaussian(BatchedAttack):
         out = half.new_empty((int(inputs.targets.shape[0]), d))
         for a, first, k in _attacker_runs(inputs.attackers):
             attack = self.gaussians[a]
-            noise = attack.sigma * torch.randn((k, d), generator=attack.generator,
-                                               dtype=half.dtype)
+            noise = attack.mean + attack.sigma * torch.randn(
+                (k, d), generator=attack.generator, dtype=half.dtype)
             rows = out[first:first + k]
             rows.copy_(noise)
             if attack.around == "own":

@@ -128,6 +128,10 @@ class BatchedRule(ABC):
         self.num_nodes = num_nodes
         self.device = device
         self.loss = loss
+        #: ``[R, K]`` bool after a call: the slots that entered each node's average, for
+        #: rules that accept or reject whole inputs (the per-node ``Rule.accepted_rows``);
+        #: ``None`` for the others. The engine splits it into honest and Byzantine inputs.
+        self.accepted_slots: Tensor | None = None
 
     @abstractmethod
     def __call__(self, inputs: RuleInputs) -> tuple[Tensor, BatchedStats]:
@@ -166,6 +170,8 @@ class PerNodeRule(BatchedRule):
     def __call__(self, inputs: RuleInputs) -> tuple[Tensor, BatchedStats]:
         results = []
         rows: list[dict[str, float]] = []
+        accepted = torch.zeros_like(inputs.present)
+        any_accepted = False
         for r, position in enumerate(inputs.nodes.tolist()):
             rule = self.rule_of(int(position))
             present = inputs.present[r]
@@ -174,6 +180,10 @@ class PerNodeRule(BatchedRule):
             results.append(rule(inputs.own[r], received, weights, round=inputs.round,
                                 refused=int(inputs.refused[r])))
             rows.append(dict(rule.stats))
+            if rule.accepted_rows is not None:
+                accepted[r, present] = rule.accepted_rows.to(accepted.device)
+                any_accepted = True
+        self.accepted_slots = accepted if any_accepted else None
         keys = sorted({k for row in rows for k in row})
         stats = {k: torch.tensor([row.get(k, math.nan) for row in rows], dtype=torch.float64)
                  for k in keys}

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from flwr_tempered.node import RunConfig
+from flwr_tempered.topology import Topology
 
 from .run import BatchedEngine, EngineOptions
 
@@ -84,17 +85,19 @@ class NodeGroup:
         #: The hosted nodes' models at the start of the round's training (attacks that
         #: reverse their own update or read the targets' previous models need them).
         self.previous: Tensor | None = None
-        self.exported = self._exported()
+        #: What :meth:`_exported` gives for the graph of the next exchange (the same in
+        #: every round for a static topology).
+        self.exported = self._exported(self.engine.schedule.at_round(1))
         #: Labels the state this object last saved for a ClientApp (``None``: unsaved,
         #: or changed since); see :mod:`flwr_tempered.runtime.group_client`.
         self.state_token: str | None = None
 
-    def _exported(self) -> set[int]:
-        """Hosted positions whose half-step models another group reads: the neighbours of
-        honest nodes hosted elsewhere and, where attackers hosted elsewhere craft from
-        the omniscient view, their honest targets and those targets' honest neighbours.
-        The other half-step models never leave the group (with one group, none do)."""
-        topology = self.engine.topology
+    def _exported(self, topology: Topology) -> set[int]:
+        """Hosted positions whose half-step models another group reads over the graph
+        ``topology``: the neighbours of honest nodes hosted elsewhere and, where attackers
+        hosted elsewhere craft from the omniscient view, their honest targets and those
+        targets' honest neighbours. The other half-step models never leave the group
+        (with one group, none do)."""
         hosted, byzantine = set(self.hosted), set(topology.byzantine)
         read: set[int] = set()
         for q in range(topology.n):
@@ -103,16 +106,16 @@ class NodeGroup:
             if q not in byzantine:
                 read.update(topology.neighbors(q))
             elif self.engine.poisoning:
-                for target in topology.neighbors(q):
+                for target in topology.recipients(q):
                     if target not in byzantine:
                         read.add(target)
                         read.update(topology.neighbors(target))
         return read & hosted
 
-    @property
-    def needs(self) -> set[int]:
-        """Positions hosted elsewhere whose half-step models this group aggregates."""
-        topology = self.engine.topology
+    def needs(self, round: int) -> set[int]:
+        """Positions hosted elsewhere whose half-step models this group aggregates in
+        round ``round``."""
+        topology = self.engine.schedule.at_round(round)
         return {q for p in self.hosted if p not in topology.byzantine
                 for q in topology.neighbors(p)} - set(self.hosted)
 
@@ -121,6 +124,7 @@ class NodeGroup:
         """Aggregate what arrived, publish the models if asked, evaluate, train: the
         hosted nodes' part of round ``round`` (the per-node ClientApp's order)."""
         engine = self.engine
+        engine.use_round(round)
         sources = slot_source = None
         if received is not None:
             params = engine.params.clone()
@@ -152,6 +156,8 @@ class NodeGroup:
             self.previous = engine.params[self.hosted].clone() if engine.needs_previous \
                 else None
             engine.train(active, metrics, evaluate)
+            if engine.schedule.dynamic:
+                self.exported = self._exported(engine.schedule.at_round(round + 1))
             half_positions = active.nonzero().flatten().tolist()
             exported = [p for p in half_positions if p in self.exported]
             if exported:

@@ -349,6 +349,7 @@ class BatchedBalance(BatchedRule):
         radius = (params.gamma * decay) * p.own.norm(dim=1).double()
         distances = slot_distances(p.received, p.own)
         accepted = p.kept & (distances <= radius.to(p.own.dtype).unsqueeze(1))
+        self.accepted_slots = accepted
         count = accepted.sum(dim=1)
         share = ((1.0 - params.alpha) / count.clamp(min=1).double()).to(p.own.dtype)
         selection = torch.where(accepted, share.unsqueeze(1), 0.0)
@@ -386,6 +387,7 @@ class BatchedMozi(BatchedRule):
         params = self.params
         stats = dict(p.stats)
         rows = p.aggregated.nonzero().squeeze(1)
+        self.accepted_slots = torch.zeros_like(inputs.present)
         if rows.numel() == 0:
             return p.own.clone(), stats
         if self.loss is None:
@@ -416,6 +418,7 @@ class BatchedMozi(BatchedRule):
         good = valid & (losses[:, 1:] <= losses[:, :1])
         none_good = ~good.any(dim=1)
         good[:, 0] |= none_good
+        self.accepted_slots[rows.unsqueeze(1).expand_as(closest)[good], closest[good]] = True
         accepted = good.sum(dim=1)
         share = (1.0 / accepted.double()).to(own.dtype)
         mean = torch.bmm(torch.where(good, share.unsqueeze(1), 0.0).unsqueeze(1),

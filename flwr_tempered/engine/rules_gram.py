@@ -94,6 +94,8 @@ class GramRule(ABC):
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
+        #: ``[R, K]`` bool after a call, as :attr:`BatchedRule.accepted_slots`.
+        self.accepted_slots: Tensor | None = None
 
     @abstractmethod
     def coefficients(self, geometry: SlotGeometry) -> tuple[Tensor, BatchedStats]:
@@ -169,6 +171,7 @@ class GramBalance(GramRule):
         decay = math.exp(-params.kappa * geometry.round / params.total_rounds)
         radius = (params.gamma * decay) * geometry.own_norms.double()
         accepted = geometry.kept & (geometry.distances <= radius.to(dtype).unsqueeze(1))
+        self.accepted_slots = accepted
         count = accepted.sum(dim=1)
         share = ((1.0 - params.alpha) / count.clamp(min=1).double()).to(dtype)
         some = (count > 0).unsqueeze(1)

@@ -341,6 +341,9 @@ class BatchedMultiKrum(BatchedRule):
         result = total / m.to(values.dtype).unsqueeze(1)
 
         keeps_own = stacked.empty | ~scored
+        entered = torch.zeros_like(valid)
+        entered.scatter_(1, ranking, chosen)
+        self.accepted_slots = entered[:, 1:] & scored.unsqueeze(1)
         own_selected = ((ranking == 0) & chosen).any(dim=1) | ~scored
         accepted = torch.where(scored, m, torch.ones_like(m))
         stats = dict(stacked.stats)

@@ -1,8 +1,9 @@
 """The batched engine: a whole decentralized run as tensors on one device.
 
 Every node's parameters and momentum are rows of ``[N, d]`` tensors; the graph is a
-padded neighbour table with mixing weights; the data stays on the device and each node's
-batches are gathered by index. A round does what the per-node runtime
+padded neighbour table with mixing weights (rebuilt every round for a time-varying
+topology, see :meth:`BatchedEngine.use_round`); the data stays on the device and each
+node's batches are gathered by index. A round does what the per-node runtime
 (:func:`~flwr_tempered.runtime.inprocess.run_in_process`) does, in its order, for all
 nodes at once:
 
@@ -54,6 +55,7 @@ from flwr_tempered.node.node import build_attack, build_rule
 from flwr_tempered.node.summary import metrics_line
 from flwr_tempered.node.task import AUGMENT_SEED_OFFSET
 from flwr_tempered.results import RunResults, plot_run
+from flwr_tempered.topology import round_metrics
 from flwr_tempered.training import CropFlip
 
 from . import attacks_batched, rules_averaging, rules_order  # noqa: F401  (registration)
@@ -66,6 +68,7 @@ from .contracts import (
     RuleInputs,
     batched_attack_class,
     batched_rule_class,
+    finite_slots,
 )
 from .functional import FlatModel, choose_step_mode
 from .memory import MemoryPlan, activation_elements, default_budget, plan_memory
@@ -132,7 +135,10 @@ class BatchedEngine:
             else default_device()
         world = build_world(config)
         self.world = world
-        self.topology = topology = world.topology
+        #: The run's topology, and the graph of the round the tables hold.
+        self.schedule = world.topology
+        self.topology = topology = self.schedule.at_round(0)
+        self.graph_round = 0
         self.n = topology.n
         self.byzantine = sorted(topology.byzantine)
         self.honest_mask = torch.ones(self.n, dtype=torch.bool, device=self.device)
@@ -174,6 +180,14 @@ class BatchedEngine:
         self.augmenters: list[CropFlip] | None = None
         if self.config.augment == "crop_flip":
             self.augmenters = [CropFlip(seed=s + AUGMENT_SEED_OFFSET) for s in seeds]
+
+    def use_round(self, round: int) -> None:
+        """Hold the graph of round ``round`` (the one whose messages are aggregated in
+        that round) in the neighbour tables; a no-op for a static topology."""
+        if self.schedule.dynamic and round != self.graph_round:
+            self.topology = self.schedule.at_round(round)
+            self.graph_round = round
+            self._build_graph()
 
     def _build_graph(self) -> None:
         """The padded neighbour table (topology order), its mask and mixing weights."""
@@ -257,11 +271,12 @@ class BatchedEngine:
         data_bytes = sum(t.numel() * t.element_size() for t in (
             self.train_images, self.train_labels, self.test_images, self.test_labels,
             self.shards))
-        edges = sum(len(self.topology.neighbors(a)) for a in self.byzantine) \
-            if self.poisoning else 0
+        # Bounds over every round for a time-varying topology.
+        edges = self.schedule.byzantine_edge_bound if self.poisoning else 0
+        max_degree = max(1, self.schedule.degree_bound)
         plan = plan_memory(
             num_nodes=self.n, dimension=self.flat.dimension, element_size=element,
-            max_degree=self.max_degree, edges=edges, batch_size=self.config.batch_size,
+            max_degree=max_degree, edges=edges, batch_size=self.config.batch_size,
             activations_per_sample=activations, data_bytes=data_bytes,
             budget=budget if budget is not None else default_budget(self.device),
             device_type=self.device.type)
@@ -269,7 +284,7 @@ class BatchedEngine:
             # The attack gathers [targets, H + 1, d]: as large as a chunk of
             # neighbourhoods may be (on a CPU, as small as one).
             self.crafter.max_elements = max(
-                self.flat.dimension * (self.max_degree + 1),
+                self.flat.dimension * (max_degree + 1),
                 plan.gather_chunk * plan.per_node // element)
         return plan
 
@@ -290,6 +305,7 @@ class BatchedEngine:
             evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
             train = message_round <= config.rounds
             start = time.perf_counter()
+            self.use_round(t)
             node_metrics, dropped = self.aggregate(sources, slot_source, t, evaluate)
             sources = slot_source = None
             active = ~dropped
@@ -393,6 +409,10 @@ class BatchedEngine:
             result, stats = self.rule(inputs)
             self.params[nodes] = result.to(self.params.dtype)
             if evaluate:
+                if self.rule.accepted_slots is not None:
+                    stats.update(self._acceptance_split(
+                        nodes, mask, finite_slots(inputs.received, mask),
+                        self.rule.accepted_slots))
                 self._record_stats(nodes, stats, node_metrics)
 
     def _aggregate_by_gram(self, sources: Tensor, slot_source: Tensor, present: Tensor,
@@ -428,7 +448,28 @@ class BatchedEngine:
             if evaluate:
                 stats = shape.common_stats(mask)
                 stats.update(rule_stats)
+                if self.gram_rule.accepted_slots is not None:
+                    stats.update(self._acceptance_split(nodes, mask, kept,
+                                                        self.gram_rule.accepted_slots))
                 self._record_stats(nodes, stats, node_metrics)
+
+    def _acceptance_split(self, nodes: Tensor, present: Tensor, kept: Tensor,
+                          accepted: Tensor) -> dict[str, Tensor]:
+        """``acceptance_honest`` and ``acceptance_byzantine`` per node, as the per-node
+        runtime reports them (:func:`~flwr_tempered.node.summary.acceptance_split`): the
+        fraction of the present slots of each kind that entered the average, NaN where
+        the node had no such input or kept no row (the per-node rule decided nothing)."""
+        from_attacker = ~self.honest_mask[self.neighbours[nodes]]
+        decided = kept.any(dim=1)
+        split: dict[str, Tensor] = {}
+        for key, kind in (("acceptance_honest", present & ~from_attacker),
+                          ("acceptance_byzantine", present & from_attacker)):
+            count = kind.sum(dim=1)
+            rate = (accepted.to(kind.device) & kind).sum(dim=1).double() / \
+                count.clamp(min=1).double()
+            split[key] = torch.where(decided & (count > 0), rate,
+                                     torch.full_like(rate, math.nan))
+        return split
 
     @staticmethod
     def _record_stats(nodes: Tensor, stats: dict[str, Tensor],
@@ -574,7 +615,9 @@ class BatchedEngine:
         """The vectors the hosted model-poisoning attackers send: ``(crafted [E, d],
         attackers [E], targets [E])``, from the omniscient view of the half-step models in
         :attr:`params` of the ``published`` honest nodes (and their start-of-round models
-        ``previous`` for attacks that read them). Empty without such attackers."""
+        ``previous`` for attacks that read them), for the targets to aggregate in round
+        ``round`` (whose graph the tables then hold). Empty without such attackers."""
+        self.use_round(round)
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         if not self.poisoning or not self.attacks:
             return self.params.new_zeros((0, self.params.shape[1])), empty, empty
@@ -690,8 +733,9 @@ class BatchedEngine:
     # ------------------------------------------------------------------ metrics
     def _metrics_line(self, round: int, node_metrics: dict[int, dict[str, float]],
                       dropped: Tensor, audit: dict[str, float]) -> dict[str, Any]:
-        return metrics_line(round, self.topology, node_metrics,
-                            dropped.nonzero().flatten().tolist(), audit)
+        return {**metrics_line(round, self.schedule.at_round(round), node_metrics,
+                               dropped.nonzero().flatten().tolist(), audit),
+                **round_metrics(self.schedule, round)}
 
 
 def _edges_of(inputs: AttackInputs, keep: Tensor) -> AttackInputs:

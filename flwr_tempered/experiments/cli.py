@@ -102,9 +102,11 @@ def _print_catalogue(sections: Sequence[str]) -> None:
 def _describe_topology(name: str, params: dict[str, Any], plot: str | None) -> None:
     from flwr_tempered.topology import get_topology
 
-    topo = get_topology(name, **params)
+    built = get_topology(name, **params)
+    topo = built.at_round(0)  # a time-varying topology: its round-0 graph
     honest_degrees = [len(topo.neighbors(i)) for i in topo.honest]
-    print(f"topology      {topo.name} {topo.params}")
+    print(f"topology      {topo.name} {topo.params}"
+          + (" (a new graph every round; round 0 shown)" if built.dynamic else ""))
     print(f"nodes         {topo.n} ({len(topo.honest)} honest, {len(topo.byzantine)} Byzantine)")
     print(f"edges         {topo.graph.number_of_edges()}")
     print(f"honest degree min {min(honest_degrees)}, max {max(honest_degrees)}")
@@ -165,6 +167,10 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--compare", default="gossip",
                      help="also run this rule under the same attack and print both "
                           "(default gossip; 'none' to skip)")
+    run.add_argument("--baseline", choices=["local", "none"], default="local",
+                     help="also run the no-collaboration baseline: every honest node trains "
+                          "on its shard alone for the same steps (rule 'local', run "
+                          "in-process: there is nothing to exchange); default local")
     run.add_argument("--engine", choices=RUN_ENGINES, default="flower",
                      help="flower (default): one simulated Flower SuperNode per node, with "
                           "the ledger; batched: every node stepped as one computation on one "
@@ -187,6 +193,7 @@ def _add_run_parser(commands: Any) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from flwr_tempered.node import RunConfig
+    from flwr_tempered.node.config import default_rule_args
     from flwr_tempered.results import COMPARISON_FILE, plot_comparison, read_metrics
     from flwr_tempered.runtime.server import default_results_folder
 
@@ -195,7 +202,8 @@ def _run(args: argparse.Namespace) -> None:
         topology_args=parse_key_values(args.topology_arg, "--topology-arg") or (
             dict(RunConfig().topology_args) if args.topology == RunConfig().topology else {}),
         nodes=args.nodes, byzantine=args.byzantine, rule=args.rule,
-        rule_args=parse_key_values(args.rule_arg, "--rule-arg"), attack=args.attack,
+        rule_args=parse_key_values(args.rule_arg, "--rule-arg") or default_rule_args(args.rule),
+        attack=args.attack,
         attack_args=parse_key_values(args.attack_arg, "--attack-arg") or (
             dict(RunConfig().attack_args) if args.attack == RunConfig().attack else {}),
         dataset=args.dataset,
@@ -222,18 +230,28 @@ def _run(args: argparse.Namespace) -> None:
         compare = replace(config, rule=args.compare, rule_args={})
         _check_buildable(compare)
         runs[args.compare] = (compare, out.parent / f"{out.name}-{args.compare}")
+    if args.baseline == "local" and "local" not in runs:
+        runs["local"] = (replace(config, rule="local", rule_args={}, ledger=False),
+                         out.parent / f"{out.name}-local")
     finals = {}
     for name, (run_config, folder) in runs.items():
-        print(f"== rule {name}: {run_config.nodes} nodes on {run_config.topology}, "
-              f"{run_config.byzantine} Byzantine ({run_config.attack}), "
-              f"{run_config.rounds} rounds -> {folder}", file=sys.stderr, flush=True)
-        _execute(args, run_config, folder)
+        if name == "local" and name != config.rule:
+            print(f"== baseline local: the {run_config.nodes - run_config.byzantine} honest nodes "
+                  f"train alone, {run_config.rounds} rounds, in-process (nothing to "
+                  f"exchange) -> {folder}", file=sys.stderr, flush=True)
+            _execute(argparse.Namespace(**{**vars(args), "engine": "nodes"}), run_config,
+                     folder)
+        else:
+            print(f"== rule {name}: {run_config.nodes} nodes on {run_config.topology}, "
+                  f"{run_config.byzantine} Byzantine ({run_config.attack}), "
+                  f"{run_config.rounds} rounds -> {folder}", file=sys.stderr, flush=True)
+            _execute(args, run_config, folder)
         finals[name] = read_metrics(folder)[-1]
     _print_summary(finals, runs)
     if len(runs) > 1:
         picture = plot_comparison({name: folder for name, (_, folder) in runs.items()},
                                   out / COMPARISON_FILE)
-        print(f"accuracy of both rules: {picture}")
+        print(f"accuracy of the {len(runs)} runs: {picture}")
 
 
 def _execute(args: argparse.Namespace, config: Any, folder: Path) -> None:
@@ -277,14 +295,23 @@ def _print_summary(finals: dict[str, dict[str, Any]], runs: dict[str, Any]) -> N
         return str(value)
 
     keys = ["accuracy_mean", "accuracy_min", "accuracy_avg_model", "consensus_distance",
-            "dropped_nodes", "rule_acceptance_rate", "rejected_malformed",
-            "rule_rejected_nonfinite"]
+            "dropped_nodes", "rule_acceptance_rate", "rule_acceptance_honest",
+            "rule_acceptance_byzantine", "rejected_malformed", "rule_rejected_nonfinite"]
     names = list(finals)
     print()
     print(f"{'final round':<26}" + "".join(f"{n:>16}" for n in names))
     for key in keys:
         if any(key in finals[n] for n in names):
             print(f"{key:<26}" + "".join(f"{shown(finals[n].get(key)):>16}" for n in names))
+    local = finals.get("local")
+    if local is not None and local.get("accuracy_mean") is not None:
+        for name in names:
+            final = finals[name]
+            if name == "local" or final.get("accuracy_mean") is None:
+                continue
+            print(f"{name} against training alone: mean "
+                  f"{final['accuracy_mean'] - local['accuracy_mean']:+.4f}, worst honest node "
+                  f"{final['accuracy_min'] - local['accuracy_min']:+.4f}")
     for name in names:
         print(f"results ({name}): {runs[name][1]}")
 

@@ -34,6 +34,7 @@ from flwr_tempered.attacks import (
 )
 
 from .config import RunConfig
+from .summary import acceptance_split
 from .task import SupervisedTask, TrainingTask
 from .world import World
 
@@ -131,7 +132,6 @@ class Node:
         self.world = world
         self.task: TrainingTask = task if task is not None else SupervisedTask(world, position)
         self.byzantine = position in world.topology.byzantine
-        self.neighbors = world.topology.neighbors(position)
         self.rule: Rule | None = None if self.byzantine else self._make_rule()
         self.attack: AttackBase | None = None
         if self.byzantine and config.attack != "none":
@@ -166,11 +166,24 @@ class Node:
             self.state.attack = self.attack.state_dict()
         return self.state
 
+    @property
+    def neighbors(self) -> list[int]:
+        """The nodes this node receives from (a static topology; a time-varying one has
+        them per round: :meth:`neighbors_at`)."""
+        if self.world.topology.dynamic:
+            raise ValueError(f"topology {self.world.topology.name!r} changes every round: "
+                             "ask for neighbors_at(round)")
+        return self.neighbors_at(0)
+
+    def neighbors_at(self, round: int) -> list[int]:
+        """The nodes whose models this node aggregates in round ``round``."""
+        return self.world.topology.at_round(round).neighbors(self.position)
+
     # ------------------------------------------------------------------------ round
-    def mixing_row(self, senders: Sequence[int]) -> Tensor:
-        """Own weight then the senders' weights from the topology's mixing matrix; the
-        weight of neighbours that sent nothing usable stays on the node."""
-        row = self.world.topology.mixing[self.position]
+    def mixing_row(self, senders: Sequence[int], round: int) -> Tensor:
+        """Own weight then the senders' weights from the mixing matrix of round
+        ``round``; the weight of neighbours that sent nothing usable stays on the node."""
+        row = self.world.topology.at_round(round).mixing[self.position]
         neighbour = [float(row[s]) for s in senders]
         own = 1.0 - sum(neighbour)
         return torch.tensor([own, *neighbour], dtype=self.state.params.dtype)
@@ -194,11 +207,15 @@ class Node:
         if not kept:
             return metrics
         received = torch.stack([as_tensor(vectors[i], params) for i in kept])  # type: ignore[arg-type]
-        weights = self.mixing_row([senders[i] for i in kept])
+        weights = self.mixing_row([senders[i] for i in kept], round)
         assert self.rule is not None
         self.state.params = self.rule(params, received, weights, round=round,
                                       refused=refused + len(reasons))
         metrics.update({f"rule_{k}": float(v) for k, v in self.rule.stats.items()})
+        if self.rule.accepted_rows is not None:
+            byzantine = self.world.topology.byzantine
+            from_attacker = torch.tensor([senders[i] in byzantine for i in kept])
+            metrics.update(acceptance_split(self.rule.accepted_rows.cpu(), from_attacker))
         return metrics
 
     def train(self, round: int) -> dict[str, float]:
@@ -228,11 +245,12 @@ class Node:
 
     def craft(self, targets: Sequence[TargetInputs], round: int) -> dict[int, Tensor]:
         """The vector for each target, keyed by the target's position, from the omniscient
-        view the relay provided. A target that gives its Byzantine neighbours zero weight
+        view the relay provided, for the targets to aggregate in round ``round`` (whose
+        graph and weights apply). A target that gives its Byzantine neighbours zero weight
         (``two_cliques_with_byzantine`` with ``delta = 0``) cannot be influenced and gets
         nothing."""
         assert isinstance(self.attack, ModelPoisoningAttack)
-        topology = self.world.topology
+        topology = self.world.topology.at_round(round)
         own = self.state.params
         views = []
         for target in targets:

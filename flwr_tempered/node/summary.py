@@ -24,6 +24,21 @@ def _suffix(group: str) -> str:
     return "" if group == "all" else "_" + group.replace(" ", "_")
 
 
+def acceptance_split(accepted: torch.Tensor, from_attacker: torch.Tensor) -> dict[str, float]:
+    """One honest node's ``rule_acceptance_honest`` and ``rule_acceptance_byzantine``: the
+    fraction of its honest and of its Byzantine neighbours' inputs that the rule let into
+    the average (``accepted`` and ``from_attacker`` are ``Tensor[k]`` bool over the received
+    rows; a kind of input the node did not receive is left out). A robust rule should keep
+    the first near 1 (it still collaborates) and the second near 0; only a simulation,
+    which knows who attacks, can tell them apart."""
+    split: dict[str, float] = {}
+    for key, rows in (("rule_acceptance_honest", ~from_attacker),
+                      ("rule_acceptance_byzantine", from_attacker)):
+        if bool(rows.any()):
+            split[key] = float(accepted[rows].double().mean())
+    return split
+
+
 def audit_models(topology: Topology, task: TrainingTask, models: Mapping[int, torch.Tensor]
                  ) -> dict[str, float]:
     """Average the honest models (overall and per topology group), evaluate each average

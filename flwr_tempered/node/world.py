@@ -18,7 +18,7 @@ from torch import nn
 
 from flwr_tempered.data import Dataset, load_dataset, partition
 from flwr_tempered.models import build_model, flatten_parameters
-from flwr_tempered.topology import Topology, get_topology, topology_factory
+from flwr_tempered.topology import AnyTopology, get_topology, topology_factory
 
 from .config import RunConfig
 
@@ -29,7 +29,9 @@ class World:
     model are loaded on first use, so custom training tasks never load them."""
 
     config: RunConfig
-    topology: Topology
+    #: The run's topology; a time-varying one gives each round's graph with
+    #: ``topology.at_round(t)`` (so does a static one: itself).
+    topology: AnyTopology
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -66,7 +68,7 @@ class World:
         return args
 
 
-def topology_of(config: RunConfig) -> Topology:
+def topology_of(config: RunConfig) -> AnyTopology:
     """The run's topology: ``nodes`` and ``byzantine`` fill in the generic constructors'
     ``n`` and ``byzantine`` unless the topology arguments say otherwise."""
     args = dict(config.topology_args)
@@ -81,7 +83,8 @@ def topology_of(config: RunConfig) -> Topology:
     return topology
 
 
-def _partitions(config: RunConfig, topology: Topology, dataset: Dataset) -> tuple[np.ndarray, ...]:
+def _partitions(config: RunConfig, topology: AnyTopology, dataset: Dataset
+                ) -> tuple[np.ndarray, ...]:
     args = dict(config.partition_args)
     if config.partition == "clique":
         args.setdefault("groups", {k: v for k, v in topology.groups.items() if k != "all"})

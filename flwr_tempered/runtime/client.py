@@ -344,7 +344,7 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
         if array is not None:
             models[int(position)] = torch.from_numpy(array.copy())
     task = _task(int(instructions["position"]), world, tasks)
-    metrics = audit_models(world.topology, task, models)
+    metrics = audit_models(world.topology.at_round(0), task, models)  # groups: any round
     return _reply(message, {}, metrics)
 
 

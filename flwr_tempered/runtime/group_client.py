@@ -141,7 +141,7 @@ def handle_group_train(message: Message, context: Context, config: RunConfig) ->
     if instructions.get("previous_round"):
         crafted, attackers, targets = _crafted(exchange, message, instructions["crafted"])
         received = Received(
-            halves=_rows(exchange, message, instructions["halves"], group.needs),
+            halves=_rows(exchange, message, instructions["halves"], group.needs(round_)),
             sent=[int(p) for p in instructions["sent"]], crafted=crafted,
             attackers=attackers, targets=targets)
     reply = group.train_round(round_, received, evaluate=bool(instructions["evaluate"]),

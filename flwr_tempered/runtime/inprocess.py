@@ -27,6 +27,7 @@ from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
 from flwr_tempered.node import Node, NodeState, RunConfig, TargetInputs, build_world
 from flwr_tempered.node.summary import audit_models, metrics_line
 from flwr_tempered.results import RunResults, plot_run
+from flwr_tempered.topology import Topology, round_metrics
 
 ProgressCallback = Callable[[dict[str, Any], RunConfig], None]
 
@@ -67,7 +68,7 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
         raise ValueError("the in-process runtime has no messages to sign or corrupt: set "
                          "ledger=False and no faults, or run through Flower (simulate)")
     world = build_world(config)
-    topology = world.topology
+    topology = world.topology  # the round's graph: topology.at_round(t)
     nodes = [Node(p, world) for p in range(topology.n)]
     for node in nodes:
         _place_on_device(node)
@@ -105,23 +106,28 @@ def run_in_process(config: RunConfig, out: str | Path | None = None, *,
                 models[node.position] = model
             if sent is not None:
                 half[node.position] = sent
+        # Round t's graph carried what was just aggregated; round t + 1's carries what
+        # was just trained.
+        current = topology.at_round(t)
+        following = topology.at_round(t + 1) if train else current
         audit: dict[str, float] = {}
         if evaluate and honest:
-            audit = audit_models(topology, nodes[honest[0]].task,
+            audit = audit_models(current, nodes[honest[0]].task,
                                  {p: models[p] for p in honest if p in models})
         crafted: dict[int, dict[int, torch.Tensor]] = {}
         if train and poisoning:
-            crafted = {a: _craft(nodes[a], half, models, t + 1)
+            crafted = {a: _craft(nodes[a], following, half, models, t + 1)
                        for a in sorted(topology.byzantine)}
         inputs = {p: [] for p in range(topology.n)}
         for p in range(topology.n):
-            for q in topology.neighbors(p):
+            for q in following.neighbors(p):
                 vector = crafted.get(q, {}).get(p) if q in crafted else half.get(q)
                 if vector is not None:
                     inputs[p].append((q, vector))
         timings.append({"round": float(t), "total_s": time.perf_counter() - start})
         if evaluate:
-            line = metrics_line(t, topology, node_metrics, dropped, audit)
+            line = {**metrics_line(t, current, node_metrics, dropped, audit),
+                    **round_metrics(topology, t)}
             history.append(line)
             if results is not None:
                 results.append_metrics(line)
@@ -153,12 +159,11 @@ def _step(node: Node, received: list[tuple[int, torch.Tensor]], round: int, eval
     return metrics, model, sent
 
 
-def _craft(attacker: Node, half: dict[int, torch.Tensor], models: dict[int, torch.Tensor],
-           round: int) -> dict[int, torch.Tensor]:
-    """The vector ``attacker`` sends each honest neighbour, from the omniscient view the
-    Flower relay would give it (targets' and their honest neighbours' half-step models,
-    and the targets' previous models)."""
-    topology = attacker.world.topology
+def _craft(attacker: Node, topology: Topology, half: dict[int, torch.Tensor],
+           models: dict[int, torch.Tensor], round: int) -> dict[int, torch.Tensor]:
+    """The vector ``attacker`` sends each honest recipient in ``topology`` (the graph of
+    ``round``), from the omniscient view the Flower relay would give it (targets' and
+    their honest neighbours' half-step models, and the targets' previous models)."""
     targets = [
         TargetInputs(
             node=target, model=half[target],
@@ -166,7 +171,7 @@ def _craft(attacker: Node, half: dict[int, torch.Tensor], models: dict[int, torc
             honest_models=[half[j] for j in topology.honest_neighbors(target) if j in half],
             previous=models.get(target),
         )
-        for target in topology.neighbors(attacker.position)
+        for target in topology.recipients(attacker.position)
         if target not in topology.byzantine and target in half
     ]
     if not targets:

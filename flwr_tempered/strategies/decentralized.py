@@ -13,6 +13,11 @@ BlockBuilder`), sends it with the next round's message for the nodes to endorse,
 stores it once ``2f + 1`` endorsements are back. The relay needs no trust: receivers
 check every signature, validators check every proposal.
 
+With a time-varying topology (:class:`~flwr_tempered.topology.DynamicTopology`) the
+relay routes each round along that round's graph, so the senders a node is told about
+are its current neighbours; the node takes the round's mixing weights from the same
+seeded graph, which it draws itself from the run config.
+
 Omniscient attacks get their view through the relay: a Byzantine node is sent the
 digests of its targets' models and of their honest neighbours' models, and reads them
 from the exchange. This models the worst-case adversary of the robustness literature
@@ -49,6 +54,7 @@ from flwr_tempered.runtime.protocol import (
     REPORT,
     TRAIN,
 )
+from flwr_tempered.topology import round_metrics
 
 #: How long to wait for the expected nodes to appear after start.
 NODE_WAIT_SECONDS = 60.0
@@ -274,7 +280,7 @@ class DecentralizedStrategy:
                                    for p, r in attack_log.replies.items()}
                 signed.setdefault(t + 1, []).extend(
                     h for sent in crafted_headers.values() for h in sent.values() if h)
-            inputs = self._next_inputs(half, crafted, headers, crafted_headers)
+            inputs = self._next_inputs(half, crafted, headers, crafted_headers, t + 1)
             self._published |= set(half.values()) | set(models.values())
             self._published |= {d for sent in crafted.values() for d in sent.values()}
             self._forget_all_but(inputs, mailbox)
@@ -358,11 +364,11 @@ class DecentralizedStrategy:
     def _attack(self, grid: Grid, node_ids: dict[int, int], store: str | None,
                 half: dict[int, str], models: dict[int, str], mailbox: dict[str, ArrayRecord],
                 round_: int, genesis: str) -> RoundLog:
-        topology = self.topology
+        topology = self.topology.at_round(round_)
         payloads = {}
         for attacker in sorted(topology.byzantine):
             targets = []
-            for target in topology.neighbors(attacker):
+            for target in topology.recipients(attacker):
                 if target in topology.byzantine or target not in half:
                     continue
                 targets.append({
@@ -376,11 +382,11 @@ class DecentralizedStrategy:
         return self._send(grid, ATTACK, payloads, node_ids, mailbox)
 
     def _next_inputs(self, half: dict[int, str], crafted: dict[int, dict[str, str]],
-                     headers: dict[int, Any], crafted_headers: dict[int, dict[str, Any]]
-                     ) -> dict[int, list[tuple[int, str, Any]]]:
-        """For every node, the (sender, digest, signed header) triples to aggregate next
-        round (headers are ``None`` without a ledger)."""
-        topology = self.topology
+                     headers: dict[int, Any], crafted_headers: dict[int, dict[str, Any]],
+                     round_: int) -> dict[int, list[tuple[int, str, Any]]]:
+        """For every node, the (sender, digest, signed header) triples to aggregate in
+        round ``round_``, along its graph (headers are ``None`` without a ledger)."""
+        topology = self.topology.at_round(round_)
         inputs: dict[int, list[tuple[int, str, Any]]] = {}
         for p in range(topology.n):
             triples = []
@@ -397,8 +403,9 @@ class DecentralizedStrategy:
 
     def _metrics_line(self, t: int, log: RoundLog, audit: dict[str, float],
                       honest: list[int]) -> dict[str, Any]:
-        line = metrics_line(t, self.topology, {p: r.metrics for p, r in log.replies.items()},
-                            log.dropped, audit)
+        line = metrics_line(t, self.topology.at_round(t),
+                            {p: r.metrics for p, r in log.replies.items()}, log.dropped, audit)
+        line.update(round_metrics(self.topology, t))
         if self.builder is not None:
             line.update({"ledger_blocks": self.builder.height,
                          "ledger_rejections": self._committed_rejections,

@@ -23,6 +23,7 @@ from flwr_tempered.engine.group import group_positions
 from flwr_tempered.node import RunConfig
 from flwr_tempered.node.summary import metrics_line
 from flwr_tempered.runtime.protocol import ATTACK, AUDIT, TRAIN
+from flwr_tempered.topology import round_metrics
 
 from .decentralized import DecentralizedStrategy, MetricsCallback, RoundLog
 
@@ -41,12 +42,6 @@ class GroupedDecentralizedStrategy(DecentralizedStrategy):
         self.participants = len(self.groups)
         byzantine = self.topology.byzantine
         self.group_of = {p: g for g, members in enumerate(self.groups) for p in members}
-        #: The groups whose half-step models each group aggregates.
-        self.sources = [
-            sorted({self.group_of[q] for p in members if p not in byzantine
-                    for q in self.topology.neighbors(p)} - {g})
-            for g, members in enumerate(self.groups)
-        ]
         self.attacking = [g for g, members in enumerate(self.groups)
                           if any(p in byzantine for p in members)]
 
@@ -56,6 +51,15 @@ class GroupedDecentralizedStrategy(DecentralizedStrategy):
             raise ValueError("a run with nodes_per_client > 1 keeps no ledger: set "
                              "ledger=False")
         return super().start(grid, timeout=timeout, store=store, ledger=None)
+
+    def sources(self, round: int) -> list[list[int]]:
+        """The groups whose half-step models each group aggregates in round ``round``."""
+        topology = self.topology.at_round(round)
+        return [
+            sorted({self.group_of[q] for p in members if p not in topology.byzantine
+                    for q in topology.neighbors(p)} - {g})
+            for g, members in enumerate(self.groups)
+        ]
 
     def _rounds(self, grid: Grid, node_ids: dict[int, int], store: str | None, genesis: str
                 ) -> list[dict[str, Any]]:
@@ -70,12 +74,13 @@ class GroupedDecentralizedStrategy(DecentralizedStrategy):
             evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
             train = message_round <= config.rounds
             start = time.perf_counter()
+            sources = self.sources(t)
             payloads = {
                 g: {"round": t, "positions": members, "store": store, "train": train,
                     "evaluate": evaluate,
                     "publish_model": evaluate or self.attack_needs_previous,
                     "previous_round": t > 0, "sent": sent,
-                    "halves": [halves[s] for s in self.sources[g] if s in halves],
+                    "halves": [halves[s] for s in sources[g] if s in halves],
                     "crafted": [crafted[a] for a in self.attacking if a in crafted]}
                 for g, members in enumerate(self.groups)
             }
@@ -126,7 +131,8 @@ class GroupedDecentralizedStrategy(DecentralizedStrategy):
                                  "attack_message_s": attack_seconds,
                                  "total_s": time.perf_counter() - start})
             if evaluate:
-                line = metrics_line(t, topology, node_metrics, sorted(dropped), audit)
+                line = {**metrics_line(t, topology.at_round(t), node_metrics, sorted(dropped),
+                                       audit), **round_metrics(topology, t)}
                 self.history.append(line)
                 if self.on_metrics is not None:
                     self.on_metrics(line)

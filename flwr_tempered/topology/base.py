@@ -1,9 +1,14 @@
 """The :class:`Topology` value object and the mixing-matrix / spectral helpers.
 
-A topology is an undirected communication graph on nodes ``0..n-1``, a set of Byzantine
-node ids and a row-stochastic mixing (gossip) matrix ``W``. Honest node ``i`` averages its
-neighbours' models with the weights ``W[i, j]``; Byzantine rows are carried along only so
-that ``W`` is a complete stochastic matrix, the attacks never read them.
+A topology is a communication graph on nodes ``0..n-1``, a set of Byzantine node ids and a
+row-stochastic mixing (gossip) matrix ``W``. Honest node ``i`` averages its neighbours'
+models with the weights ``W[i, j]``; Byzantine rows are carried along only so that ``W`` is
+a complete stochastic matrix, the attacks never read them. The graph is undirected, or
+directed (a ``networkx.DiGraph``) for pull-based gossip: an arc ``(i, j)`` means that ``i``
+pulls ``j``'s model, so the arcs out of ``i`` are exactly the support of row ``i`` of ``W``.
+A topology whose graph changes every round is a
+:class:`~flwr_tempered.topology.dynamic.DynamicTopology`; a :class:`Topology` is the same
+in every round (:meth:`Topology.at_round` returns itself).
 
 The quantities the robustness analyses of decentralized learning are stated in (e.g. He,
 Karimireddy & Jaggi, "Byzantine-Robust Decentralized Learning via ClippedGossip", 2022) are
@@ -21,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from numbers import Integral
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import networkx as nx
 import numpy as np
@@ -177,7 +182,8 @@ class Topology:
     """A communication graph, its Byzantine nodes and its mixing matrix (immutable).
 
     Attributes:
-        graph: undirected ``networkx.Graph`` on nodes ``0..n-1``.
+        graph: ``networkx.Graph`` on nodes ``0..n-1``, or a ``networkx.DiGraph`` whose arc
+            ``(i, j)`` says that ``i`` receives ``j``'s model.
         byzantine: ids of the Byzantine nodes.
         mixing: ``n x n`` row-stochastic, non-negative float64 matrix, zero off the edges
             (read-only).
@@ -192,6 +198,9 @@ class Topology:
     name: str = "custom"
     params: Mapping[str, Any] = field(default_factory=dict)
     groups: Mapping[str, list[int]] = field(default_factory=dict)
+
+    #: Whether the graph changes between rounds (see :meth:`at_round`).
+    dynamic: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_node_labels(self.graph)
@@ -249,10 +258,37 @@ class Topology:
         self._check_node(i)
         return i in self.byzantine
 
+    def at_round(self, round: int) -> Topology:
+        """The topology of round ``round``: this one, in every round."""
+        return self
+
+    @property
+    def directed(self) -> bool:
+        """Whether the graph is directed (pull-based: see :attr:`graph`)."""
+        return bool(self.graph.is_directed())
+
     def neighbors(self, i: int) -> list[int]:
-        """Sorted neighbours of node ``i`` (itself excluded)."""
+        """Sorted neighbours of node ``i``, the nodes it receives from (itself excluded)."""
         self._check_node(i)
         return sorted(int(j) for j in self.graph.neighbors(i) if j != i)
+
+    def recipients(self, i: int) -> list[int]:
+        """Sorted nodes that receive node ``i``'s model: its neighbours in an undirected
+        graph, the nodes that pull from it in a directed one."""
+        if not self.directed:
+            return self.neighbors(i)
+        self._check_node(i)
+        return sorted(int(j) for j in self.graph.predecessors(i) if j != i)
+
+    @cached_property
+    def degree_bound(self) -> int:
+        """The most neighbours any node receives from."""
+        return max(len(self.neighbors(i)) for i in range(self.n))
+
+    @cached_property
+    def byzantine_edge_bound(self) -> int:
+        """How many (Byzantine node, recipient) pairs there are."""
+        return sum(len(self.recipients(a)) for a in self.byzantine)
 
     def honest_neighbors(self, i: int) -> list[int]:
         """Sorted honest neighbours of node ``i``."""

@@ -41,7 +41,27 @@ def _build(
     return Topology(graph, byz, metropolis_weights(graph), name=name, params=params)
 
 
-def _connected_sample(
+def check_probability(p: float) -> float:
+    """Validate an edge probability ``p`` in ``(0, 1]``."""
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
+        raise ValueError(f"p must lie in (0, 1], got {p!r}")
+    return float(p)
+
+
+def check_regular(n: int, degree: int) -> tuple[int, int]:
+    """Validate the size and degree of a connected random regular graph."""
+    n = check_int("n", n, 2)
+    degree = check_int("degree", degree, 1)
+    if degree >= n:
+        raise ValueError(f"degree must be < n = {n}, got {degree}")
+    if (n * degree) % 2:
+        raise ValueError(f"n * degree must be even, got n={n}, degree={degree}")
+    if degree == 1 and n > 2:
+        raise ValueError(f"a 1-regular graph on n={n} > 2 nodes is never connected")
+    return n, degree
+
+
+def connected_sample(
     draw: Callable[[int], nx.Graph], rng: np.random.Generator, what: str
 ) -> nx.Graph:
     """Draw graphs with fresh seeds from ``rng`` until one is connected."""
@@ -105,10 +125,9 @@ def erdos_renyi(n: int, p: float, seed: int = 0, byzantine: Byzantine = 0) -> To
     conditioned on connectivity.
     """
     n = check_int("n", n, 2)
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"p must lie in (0, 1], got {p}")
+    check_probability(p)
     rng = np.random.default_rng(seed)
-    graph = _connected_sample(
+    graph = connected_sample(
         lambda s: nx.gnp_random_graph(n, p, seed=s), rng, f"erdos_renyi(n={n}, p={p})"
     )
     return _build(graph, "erdos_renyi", {"n": n, "p": p, "seed": seed}, byzantine, rng)
@@ -119,16 +138,9 @@ def random_regular(n: int, degree: int, seed: int = 0, byzantine: Byzantine = 0)
 
     Disconnected draws are redrawn as in :func:`erdos_renyi`.
     """
-    n = check_int("n", n, 2)
-    degree = check_int("degree", degree, 1)
-    if degree >= n:
-        raise ValueError(f"degree must be < n = {n}, got {degree}")
-    if (n * degree) % 2:
-        raise ValueError(f"n * degree must be even, got n={n}, degree={degree}")
-    if degree == 1 and n > 2:
-        raise ValueError(f"a 1-regular graph on n={n} > 2 nodes is never connected")
+    n, degree = check_regular(n, degree)
     rng = np.random.default_rng(seed)
-    graph = _connected_sample(
+    graph = connected_sample(
         lambda s: nx.random_regular_graph(degree, n, seed=s),
         rng,
         f"random_regular(n={n}, degree={degree})",

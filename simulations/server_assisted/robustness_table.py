@@ -33,7 +33,8 @@ from server_assisted.server_app import app as server_app  # noqa: E402
 from flwr_tempered.runtime.local_grid import run_locally  # noqa: E402
 
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "geometric_median", "multi_krum",
-              "bulyan", "centered_clipping", "nnm", "fltrust")
+              "bulyan", "centered_clipping", "nnm", "fltrust", "mda", "smea", "monna",
+              "meamed", "caf", "arc", "static_clipping")
 ATTACKS = ("none", "label_flip", "backdoor", "gaussian", "sign_flip", "alie", "ipm",
            "fang_trim", "fang_krum", "min_max", "min_sum")
 NUM_NODES = 10
@@ -43,6 +44,14 @@ STRATEGY_ARGS: dict[str, dict[str, Any]] = {
     "bulyan": {"num_malicious_nodes": 1},
     "nnm": {"num_malicious_nodes": 2},
     "centered_clipping": {"tau": 1.0, "iterations": 3},
+    # Rules without a named strategy: RobustFedAvg with the rule's own arguments.
+    "mda": {"rule_args": {"f": 2}},
+    "smea": {"rule_args": {"f": 2}},
+    "monna": {"rule_args": {"f": 2}},
+    "meamed": {"rule_args": {"f": 2}},
+    "caf": {"rule_args": {"f": 2}},
+    "arc": {"rule_args": {"f": 2, "inner": {"name": "trimmed_mean", "b": 2}}},
+    "static_clipping": {"rule_args": {"c": 1.0, "inner": "median"}},
 }
 
 

@@ -16,7 +16,10 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from flwr_tempered.aggregators import Rule, get_rule
+from flwr_tempered.attacks import attack_class
 from flwr_tempered.clients import malicious_clientapp
+from flwr_tempered.strategies import RobustFedAvg, make_server_strategy
 from server_assisted.task import Net, load_data, test, train
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,19 +59,33 @@ def honest_evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
+def _server_rule(strategy: str, strategy_args: str, num_partitions: int) -> Rule:
+    """The rule of the run's server strategy, for attacks that run it (``optimal_alie``,
+    ``optimal_ipm``); Flower's FedAvg averages."""
+    built = make_server_strategy(strategy, **json.loads(strategy_args))
+    if isinstance(built, RobustFedAvg):
+        return built.rule_for_round(num_partitions)
+    return get_rule("mean")
+
+
 @cache
-def _app_for(attack: str, attack_args: str, fraction: float, view: str,
-             seed: int) -> ClientApp:
+def _app_for(attack: str, attack_args: str, fraction: float, view: str, seed: int,
+             strategy: str, strategy_args: str, num_partitions: int) -> ClientApp:
     if attack == "none":
         return honest_app
     spec = {"name": attack, **json.loads(attack_args)}
-    return malicious_clientapp(honest_app, spec, fraction=fraction, seed=seed, view=view)
+    rule = (_server_rule(strategy, strategy_args, num_partitions)
+            if attack_class(attack).needs_rule else None)
+    return malicious_clientapp(honest_app, spec, fraction=fraction, seed=seed, view=view,
+                               rule=rule)
 
 
 def _configured(context: Context) -> ClientApp:
     cfg = context.run_config
     return _app_for(str(cfg["attack"]), str(cfg["attack-args"]),
-                    float(cfg["attack-fraction"]), str(cfg["attack-view"]), int(cfg["seed"]))
+                    float(cfg["attack-fraction"]), str(cfg["attack-view"]), int(cfg["seed"]),
+                    str(cfg["strategy"]), str(cfg["strategy-args"]),
+                    int(context.node_config.get("num-partitions", 0)))
 
 
 app = ClientApp()

@@ -1,0 +1,154 @@
+"""Pre-aggregation clipping that improves any inner rule: static clipping and adaptive
+robust clipping (ARC).
+
+The clipping papers clip *gradients*; the inputs here are *models*, so what is clipped is
+each input's difference from a centre: from own in decentralized use (own's difference is
+zero, so own is never changed) and from the current global model server-side (the clients'
+models are clipped around it, then the inner rule aggregates the clipped models with the
+global model as its reference). An input ``x`` becomes ``centre + (x - centre) * min(1,
+radius / ||x - centre||)``.
+
+* Static clipping: a fixed ``radius = c`` (``byzfl.Clipping``).
+* ARC: Y. Allouah, R. Guerraoui, N. Gupta, A. Jellouli, G. Rizk, J. Stephan, "Adaptive
+  gradient clipping for robust federated learning" (first titled "Boosting robustness by
+  clipping gradients in distributed learning"), ICLR 2025, arXiv:2405.14432. Of the ``n``
+  inputs, the ``k = floor(2 (f / n) (n - f))`` with the largest differences are clipped to
+  the norm of the ``(k + 1)``-th largest (``k = 0``: nothing is clipped).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import (
+    Rule,
+    check_int_at_least,
+    check_majority,
+    check_positive,
+    register_rule,
+    resolve_rule,
+)
+from .clipping import clip_scales
+from .composition import _run_inner
+from .linalg import row_distances
+
+RuleSpec = Rule | str | Mapping[str, Any]
+
+
+def clip_around(centre: Tensor, rows: Tensor, norms: Tensor, radius: float) -> Tensor:
+    """Every row moved to ``centre + (row - centre) * min(1, radius / norm)``, given the
+    rows' distances ``norms`` to ``centre`` (a row within the radius is returned as is)."""
+    scales = clip_scales(norms, radius).unsqueeze(1)
+    return rows * scales + centre * (1.0 - scales)
+
+
+class ClippingPreAggregation(Rule):
+    """Clip every input's difference from the centre to :meth:`radius`, then apply
+    ``inner`` (see the module docstring). ``stats``: ``clipped`` (inputs shortened),
+    ``clip_radius``, and the inner rule's statistics prefixed with ``inner_``."""
+
+    def __init__(self, inner: RuleSpec = "mean") -> None:
+        super().__init__()
+        self.inner = resolve_rule(inner)
+
+    @property
+    def uses_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.uses_weights
+
+    @property
+    def requires_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.requires_weights
+
+    def check_input_count(self, k: int) -> None:
+        self.check_own_count(k + 1)
+        self.inner.check_input_count(k)
+
+    def check_own_count(self, n: int) -> None:
+        """Raise ``ValueError`` if the clipping itself cannot run on ``n`` inputs."""
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    @abstractmethod
+    def radius(self, norms: Tensor, lost: int) -> float:
+        """The clipping radius for inputs at distances ``norms`` from the centre, ``lost``
+        inputs having been proven faulty."""
+
+    def _clip(self, centre: Tensor, rows: Tensor, norms: Tensor, lost: int) -> Tensor:
+        """``rows`` clipped around ``centre``, the radius taken from ``norms`` (the
+        distances of every input, possibly more than ``rows``); records the stats."""
+        radius = self.radius(norms, lost)
+        distances = norms[norms.shape[0] - rows.shape[0]:]
+        self.stats.update(clipped=float((distances > radius).sum()), clip_radius=radius)
+        return clip_around(centre, rows, distances, radius)
+
+    def _aggregate(
+        self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
+    ) -> Tensor:
+        # own is one of the n inputs, with difference zero.
+        norms = torch.cat([own.new_zeros(1), row_distances(received, own)])
+        clipped = self._clip(own, received, norms, rejected)
+        result, inner_stats = _run_inner(self.inner, own, clipped, weights, round, rejected)
+        self.stats.update(inner_stats)
+        return result
+
+    def _aggregate_clients(
+        self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
+        refused: int,
+    ) -> Tensor:
+        """Server-side: clip the clients' models around the global model, then let the inner
+        rule aggregate the clipped models with the global model as its reference."""
+        k = updates.shape[0]
+        self.check_own_count(k + refused)
+        self.stats = {"received": float(k), "rejected_nonfinite": float(refused)}
+        if k == 0:
+            return reference.clone()
+        clipped = self._clip(reference, updates, row_distances(updates, reference), refused)
+        result = self.inner.aggregate_clients(reference, clipped, weights, round=round,
+                                              refused=refused)
+        self.stats.update({f"inner_{key}": value for key, value in self.inner.stats.items()})
+        return result
+
+
+@register_rule("static_clipping")
+class StaticClipping(ClippingPreAggregation):
+    """Static clipping: clip every input's difference from own (server: from the global
+    model) to norm at most ``c``, then apply ``inner`` (default: mean)."""
+
+    def __init__(self, c: float, inner: RuleSpec = "mean") -> None:
+        check_positive("static_clipping", "c", c)
+        super().__init__(inner)
+        self.c = c
+
+    def radius(self, norms: Tensor, lost: int) -> float:
+        return float(self.c)
+
+
+@register_rule("arc")
+class AdaptiveRobustClipping(ClippingPreAggregation):
+    """ARC: clip the ``floor(2 (f/n) (n - f))`` largest differences from own (server: from
+    the global model) to the next largest one's norm, then apply ``inner`` (default:
+    mean). Needs ``n >= 2f + 1``."""
+
+    def __init__(self, f: int, inner: RuleSpec = "mean") -> None:
+        check_int_at_least("arc", "f", f, 0)
+        super().__init__(inner)
+        self.f = f
+
+    def check_own_count(self, n: int) -> None:
+        check_majority(self.name, n, self.f)
+
+    @staticmethod
+    def clipped_count(n: int, f: int) -> int:
+        """``k = floor(2 (f / n) (n - f))``, in exact integer arithmetic."""
+        return (2 * f * (n - f)) // n
+
+    def radius(self, norms: Tensor, lost: int) -> float:
+        n = norms.shape[0]
+        k = self.clipped_count(n, max(self.f - lost, 0))
+        return float(torch.topk(norms, k + 1).values[k])
