@@ -248,6 +248,7 @@ class BatchedEngine:
         self.crafter: BatchedAttack | None = None
         self.needs_previous = False
         self.target_rule: Rule | None = None
+        self.attacker_rules: dict[int, Rule] = {}
         if first is None or not self.poisoning:
             return
         try:
@@ -658,6 +659,7 @@ class BatchedEngine:
         target_rows = inputs.target_row.tolist()
         for attacker in sorted(set(attackers)):
             edges = [e for e, a in enumerate(attackers) if a == attacker]
+            target_rule = self._attacker_copy_of_rule(attacker)
             views = []
             for e in edges:
                 i = target_rows[e]
@@ -671,7 +673,7 @@ class BatchedEngine:
                     n_byzantine=int(inputs.n_byzantine[i]),
                     self_weight=float(inputs.self_weight[i]),
                     previous=None if previous is None else previous[targets[e]].clone(),
-                    rule=self.target_rule))
+                    rule=target_rule))
             view = AttackView(own=half[attacker].clone(), targets=views, round=inputs.round,
                               total_rounds=inputs.total_rounds,
                               own_previous=None if previous is None else previous[attacker])
@@ -679,6 +681,15 @@ class BatchedEngine:
         if not rows:
             return self.params.new_zeros((0, self.params.shape[1]))
         return torch.cat(rows).to(self.device)
+
+    def _attacker_copy_of_rule(self, attacker: int) -> Rule | None:
+        """The honest nodes' rule as attacker ``attacker`` runs it to craft its vectors
+        (as the per-node runtime: a copy of its own, MOZI's loss on its own data)."""
+        if self.target_rule is None:
+            return None
+        if attacker not in self.attacker_rules:
+            self.attacker_rules[attacker] = self._per_node_rule(attacker)
+        return self.attacker_rules[attacker]
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
