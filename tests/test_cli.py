@@ -11,6 +11,7 @@ import pytest
 from flwr_tempered.aggregators import available_rules
 from flwr_tempered.attacks import available_attacks
 from flwr_tempered.experiments.cli import main, parse_key_values
+from flwr_tempered.results import read_metrics
 from flwr_tempered.topology import available_topologies
 
 
@@ -88,21 +89,50 @@ def test_run_rejects_misspelt_names_before_starting(
 
 
 @pytest.mark.slow
-def test_run_prints_a_summary_next_to_gossip(
+def test_run_prints_a_summary_next_to_gossip_and_training_alone(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    """The main job's three-way comparison: the robust rule, gossip under the same attack,
+    and the local-only baseline (run in-process: nothing to exchange), in the summary and
+    in the picture."""
     out = tmp_path / "run"
     code = main(["run", "--topology", "complete", "--nodes", "5", "--byzantine", "1",
                  "--dataset", "digits", "--rule", "trimmed_mean", "--rule-arg", "b=1",
                  "--attack", "ipm", "--rounds", "2", "--eval-every", "1", "--out", str(out)])
     assert code == 0
     captured = capsys.readouterr()
-    assert "trimmed_mean" in captured.out and "gossip" in captured.out
+    header = next(line for line in captured.out.splitlines() if line.startswith("final round"))
+    assert header.split()[2:] == ["trimmed_mean", "gossip", "local"]
     assert "accuracy_mean" in captured.out
     assert "round    2/2" in captured.err
+    assert "== baseline local: the 4 honest nodes train alone" in captured.err
+    assert "engine nodes" in captured.err
+    local_metrics = read_metrics(tmp_path / "run-local")
+    local_final = local_metrics[-1]
+    # The baseline never mixes: its honest nodes accepted nothing and agree with nobody.
+    assert local_final["rule_acceptance_honest"] == 0.0
+    assert local_final["consensus_distance"] > 0.0
+    robust_final = read_metrics(out)[-1]
+    expected = robust_final["accuracy_mean"] - local_final["accuracy_mean"]
+    assert f"trimmed_mean against training alone: mean {expected:+.4f}" in captured.out
     assert (out / "metrics.jsonl").exists() and (tmp_path / "run-gossip" / "metrics.jsonl").exists()
-    assert f"accuracy of both rules: {out / 'comparison.png'}" in captured.out
+    assert json.loads((tmp_path / "run-local" / "config.json").read_text())["rule"] == "local"
+    assert f"accuracy of the 3 runs: {out / 'comparison.png'}" in captured.out
     assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_run_without_baseline_compares_two_rules(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    code = main(["run", "--engine", "batched", "--topology", "complete", "--nodes", "5",
+                 "--byzantine", "1", "--dataset", "digits", "--model", "logistic_regression",
+                 "--rule", "median", "--attack", "ipm", "--rounds", "1", "--baseline", "none",
+                 "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "baseline local" not in captured.err and not (tmp_path / "run-local").exists()
+    assert f"accuracy of the 2 runs: {out / 'comparison.png'}" in captured.out
 
 
 def test_plot_comparison_draws_every_run_and_names_a_run_without_evaluations(

@@ -192,6 +192,8 @@ def test_a_ledger_run_on_a_time_varying_graph_commits_every_round(tmp_path: Path
 
 
 def test_the_command_line_runs_a_time_varying_topology(tmp_path: Path) -> None:
+    """The README's ``flwr-tempered run --engine nodes --topology dynamic_random_regular``,
+    with fewer nodes and rounds."""
     out = tmp_path / "run"
     code = main(["run", "--engine", "nodes", "--compare", "none",
                  "--topology", "dynamic_random_regular", "--topology-arg", "degree=3",

@@ -163,6 +163,11 @@ EXERCISES: dict[str, Exercise] = {
     "flwr-tempered topology two_cliques_with_byzantine --topology-arg m=5 --topology-arg "
     "b=1 --topology-arg delta=0.5 --plot two_cliques.png": Exercise("run"),
     "flwr-tempered list attacks": Exercise("run"),
+    "flwr-tempered run --engine nodes --topology dynamic_random_regular --topology-arg "
+    "degree=4 --nodes 16 --byzantine 3 --rule trimmed_mean --rule-arg b=1 --no-ledger":
+        Exercise("covered", test="tests/test_dynamic_topology.py::"
+                                 "test_the_command_line_runs_a_time_varying_topology"),
+    "flwr-tempered topology NAME": Exercise("name"),
     # Performance
     "python benchmarks/aggregators.py": Exercise(
         "covered", test="tests/test_benchmarks.py::"

@@ -61,6 +61,8 @@ class Local(Rule):
     has no model of its own to keep.
     """
 
+    server_form = False
+
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:

@@ -67,6 +67,9 @@ class Rule(ABC):
     #: Server-side: whether the global model is the rule's reference point (``own``) rather
     #: than unused (the statistics run over the clients' models only).
     server_reference: ClassVar[bool] = False
+    #: Whether the rule has a server-side form at all (``local``, which keeps each node's
+    #: own model, has none); rules without one are not offered as server strategies.
+    server_form: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.stats: dict[str, float] = {}

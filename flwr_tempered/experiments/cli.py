@@ -236,10 +236,12 @@ def _run(args: argparse.Namespace) -> None:
     finals = {}
     for name, (run_config, folder) in runs.items():
         if name == "local" and name != config.rule:
-            print(f"== baseline local: the {run_config.nodes - run_config.byzantine} honest nodes "
-                  f"train alone, {run_config.rounds} rounds, in-process (nothing to "
-                  f"exchange) -> {folder}", file=sys.stderr, flush=True)
-            _execute(argparse.Namespace(**{**vars(args), "engine": "nodes"}), run_config,
+            engine = "nodes" if args.engine == "flower" else args.engine
+            print(f"== baseline local: the {run_config.nodes - run_config.byzantine} honest "
+                  f"nodes train alone, {run_config.rounds} rounds, engine {engine} (nothing "
+                  f"to exchange, so not through Flower) -> {folder}", file=sys.stderr,
+                  flush=True)
+            _execute(argparse.Namespace(**{**vars(args), "engine": engine}), run_config,
                      folder)
         else:
             print(f"== rule {name}: {run_config.nodes} nodes on {run_config.topology}, "

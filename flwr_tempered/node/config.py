@@ -31,8 +31,9 @@ DEFAULT_RULE_ARGS: dict[str, dict[str, Any]] = {"balance": {"gamma": 0.5, "kappa
 
 
 class _RuleDefaults(dict[str, Any]):
-    """Marks ``rule_args`` as not given, so :class:`RunConfig` fills in the rule's
-    :data:`DEFAULT_RULE_ARGS` once it knows the rule."""
+    """``rule_args`` that were not given: :class:`RunConfig` fills in the rule's
+    :data:`DEFAULT_RULE_ARGS` and keeps the mark, so ``dataclasses.replace(config,
+    rule="median")`` gets median's defaults rather than BALANCE's settings."""
 
 
 def default_rule_args(rule: str) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.rule_args, _RuleDefaults):
-            object.__setattr__(self, "rule_args", default_rule_args(self.rule))
+            object.__setattr__(self, "rule_args", _RuleDefaults(default_rule_args(self.rule)))
         for name in ("nodes", "rounds", "local_steps", "batch_size", "eval_every",
                      "nodes_per_client"):
             value = getattr(self, name)

@@ -13,7 +13,7 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg
 
-from flwr_tempered.aggregators import available_rules
+from flwr_tempered.aggregators import available_rules, rule_class
 
 from . import robust_named
 from .robust_fedavg import RobustFedAvg
@@ -39,7 +39,12 @@ def available_server_strategies() -> list[str]:
     """Names accepted by :func:`make_server_strategy`: the named strategies, then every
     other registered rule (as ``RobustFedAvg``)."""
     named = list(SERVER_STRATEGIES)
-    return named + sorted(set(available_rules()) - set(named))
+    return named + sorted(set(_server_rules()) - set(named))
+
+
+def _server_rules() -> list[str]:
+    """The registered rules that have a server-side form."""
+    return [name for name in available_rules() if rule_class(name).server_form]
 
 
 def make_server_strategy(name: str, rule_args: Mapping[str, Any] | None = None,
@@ -55,7 +60,10 @@ def make_server_strategy(name: str, rule_args: Mapping[str, Any] | None = None,
             return factory(**options)
         except TypeError as error:
             raise ValueError(f"strategy {name!r}: {error}") from None
-    if name in available_rules():
+    if name in _server_rules():
         return RobustFedAvg({"name": name, **dict(rule_args or {})}, **options)
+    if name in available_rules():
+        raise ValueError(f"rule {name!r} has no server form (it keeps each node's own model); "
+                         f"choose one of {', '.join(available_server_strategies())}")
     raise ValueError(f"unknown server strategy {name!r}; choose one of "
                      f"{', '.join(available_server_strategies())}")
