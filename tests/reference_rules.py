@@ -143,17 +143,21 @@ def trimmed_mean(own: Vector, received: Matrix, b: int) -> tuple[Vector, Stats]:
     return result, {}
 
 
-def meamed(own: Vector, received: Matrix, f: int) -> tuple[Vector, Stats]:
-    """Per coordinate, the mean of the ``n - f`` values closest to the median."""
-    inputs = all_inputs(own, received)
-    keep = len(inputs) - f
+def mean_around_median(rows: Matrix, count: int) -> Vector:
+    """Per coordinate, the mean of the ``count`` values closest to the median."""
     result = []
-    for c in range(len(own)):
-        values = column(inputs, c)
+    for c in range(len(rows[0])):
+        values = column(rows, c)
         centre = median_of(values)
-        closest = sorted(values, key=lambda v, centre=centre: abs(v - centre))[:keep]
-        result.append(sum(closest) / keep)
-    return result, {"selected": float(keep)}
+        closest = sorted(values, key=lambda v, centre=centre: abs(v - centre))[:count]
+        result.append(sum(closest) / count)
+    return result
+
+
+def meamed(own: Vector, received: Matrix, f: int) -> tuple[Vector, Stats]:
+    """MeaMed: per coordinate, the mean of the ``n - f`` values closest to the median."""
+    keep = len(received) + 1 - f
+    return mean_around_median(all_inputs(own, received), keep), {"selected": float(keep)}
 
 
 # --------------------------------------------------------------------- geometric median
@@ -258,17 +262,9 @@ def bulyan_outcomes(own: Vector, received: Matrix, f: int, tie_rtol: float = 0.0
             found += selections(rest, [*picked, remaining[best]])
         return found
 
-    outcomes = []
-    for picked in selections(list(range(n)), []):
-        selected = [inputs[i] for i in picked]
-        result = []
-        for c in range(len(own)):
-            values = column(selected, c)
-            centre = median_of(values)
-            closest = sorted(values, key=lambda v, centre=centre: abs(v - centre))[:beta]
-            result.append(sum(closest) / beta)
-        outcomes.append((result, {"accepted": float(theta), "own_selected": float(0 in picked)}))
-    return outcomes
+    return [(mean_around_median([inputs[i] for i in picked], beta),
+             {"accepted": float(theta), "own_selected": float(0 in picked)})
+            for picked in selections(list(range(n)), [])]
 
 
 def bulyan(own: Vector, received: Matrix, f: int) -> Outcome:

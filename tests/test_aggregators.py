@@ -9,6 +9,7 @@ rejected, it calls the reference with the lowered budget, the self-kept weights,
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -159,6 +160,20 @@ def bucketing_case(
                 min_k=min_k, weights=weights, bucket_seed=seed)
 
 
+def budget_case(rule: str, f: int, reference: Callable[..., Any]) -> Case:
+    """A rule with one parameter, the Byzantine budget ``f`` (needs ``n >= 2f + 1``), and
+    its reference ``reference(own, received, f)``; a reference with a ``tie_rtol``
+    parameter (a selection) also gets the float tolerance of near-ties."""
+    def expected_outcomes(x: Inputs) -> Any:
+        budget = lowered(f, x.rejected)
+        if "tie_rtol" in inspect.signature(reference).parameters:
+            return reference(x.own, x.received, budget, tie_rtol=x.tie_rtol)
+        return reference(x.own, x.received, budget)
+
+    return Case(f"{rule}_f{f}", rule, simple(rule, f=f), expected_outcomes,
+                min_k=max(2 * f, 1))
+
+
 def fltrust_make() -> Rule:
     return get_rule(
         "fltrust", reference_fn=lambda own: trusted_model(own.shape[0], own.dtype, own.device)
@@ -266,34 +281,12 @@ CASES: list[Case] = [
                    weights=True),
     # The rules ByzFL has: MDA, SMEA, MoNNA, MeaMed, CAF, and the ARC and static clipping
     # pre-aggregations.
-    Case("mda_f1", "mda", simple("mda", f=1),
-         lambda x: ref.mda_outcomes(x.own, x.received, lowered(1, x.rejected), x.tie_rtol),
-         min_k=2),
-    Case("mda_f2", "mda", simple("mda", f=2),
-         lambda x: ref.mda_outcomes(x.own, x.received, lowered(2, x.rejected), x.tie_rtol),
-         min_k=4),
-    Case("smea_f1", "smea", simple("smea", f=1),
-         lambda x: ref.smea_outcomes(x.own, x.received, lowered(1, x.rejected), x.tie_rtol),
-         min_k=2),
-    Case("smea_f2", "smea", simple("smea", f=2),
-         lambda x: ref.smea_outcomes(x.own, x.received, lowered(2, x.rejected), x.tie_rtol),
-         min_k=4),
-    Case("monna_f1", "monna", simple("monna", f=1),
-         lambda x: ref.monna(x.own, x.received, lowered(1, x.rejected)), min_k=2),
-    Case("monna_f3", "monna", simple("monna", f=3),
-         lambda x: ref.monna(x.own, x.received, lowered(3, x.rejected)), min_k=6),
-    Case("meamed_f1", "meamed", simple("meamed", f=1),
-         lambda x: ref.meamed(x.own, x.received, lowered(1, x.rejected)), min_k=2),
-    Case("meamed_f2", "meamed", simple("meamed", f=2),
-         lambda x: ref.meamed(x.own, x.received, lowered(2, x.rejected)), min_k=4),
-    Case("caf_f0", "caf", simple("caf", f=0),
-         lambda x: ref.caf_outcomes(x.own, x.received, 0, x.tie_rtol)),
-    Case("caf_f1", "caf", simple("caf", f=1),
-         lambda x: ref.caf_outcomes(x.own, x.received, lowered(1, x.rejected), x.tie_rtol),
-         min_k=2),
-    Case("caf_f2", "caf", simple("caf", f=2),
-         lambda x: ref.caf_outcomes(x.own, x.received, lowered(2, x.rejected), x.tie_rtol),
-         min_k=4),
+    *[budget_case(rule, f, reference)
+      for rule, reference, budgets in [
+          ("mda", ref.mda_outcomes, (1, 2)), ("smea", ref.smea_outcomes, (1, 2)),
+          ("caf", ref.caf_outcomes, (0, 1, 2)), ("monna", ref.monna, (1, 3)),
+          ("meamed", ref.meamed, (1, 2))]
+      for f in budgets],
     Case("arc_f1_mean", "arc", simple("arc", f=1),
          lambda x: ref.arc(x.own, x.received, lowered(1, x.rejected), inner_mean(),
                            lost=x.rejected), min_k=2),

@@ -21,7 +21,7 @@ from .base import (
 )
 from .clipping import CenteredClipping, ClippedGossip, clip_rows
 from .clipping_wrappers import AdaptiveRobustClipping, StaticClipping
-from .composition import Bucketing, NearestNeighborMixing
+from .composition import Bucketing, NearestNeighborMixing, PreAggregation
 from .covariance_filter import CovarianceFilter, covariance_filter
 from .fltrust import FLTrust
 from .geometric_median import GeometricMedian, smoothed_weiszfeld
@@ -59,6 +59,7 @@ __all__ = [
     "Mozi",
     "MultiKrum",
     "NearestNeighborMixing",
+    "PreAggregation",
     "Rule",
     "SmallestMaxEigenvalueAveraging",
     "StaticClipping",

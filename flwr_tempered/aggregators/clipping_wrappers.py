@@ -19,25 +19,14 @@ radius / ||x - centre||)``.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import (
-    Rule,
-    check_int_at_least,
-    check_majority,
-    check_positive,
-    register_rule,
-    resolve_rule,
-)
+from .base import check_int_at_least, check_majority, check_positive, register_rule
 from .clipping import clip_scales
-from .composition import _run_inner
+from .composition import PreAggregation, RuleSpec
 from .linalg import row_distances
-
-RuleSpec = Rule | str | Mapping[str, Any]
 
 
 def clip_around(centre: Tensor, rows: Tensor, norms: Tensor, radius: float) -> Tensor:
@@ -47,22 +36,10 @@ def clip_around(centre: Tensor, rows: Tensor, norms: Tensor, radius: float) -> T
     return rows * scales + centre * (1.0 - scales)
 
 
-class ClippingPreAggregation(Rule):
+class ClippingPreAggregation(PreAggregation):
     """Clip every input's difference from the centre to :meth:`radius`, then apply
     ``inner`` (see the module docstring). ``stats``: ``clipped`` (inputs shortened),
     ``clip_radius``, and the inner rule's statistics prefixed with ``inner_``."""
-
-    def __init__(self, inner: RuleSpec = "mean") -> None:
-        super().__init__()
-        self.inner = resolve_rule(inner)
-
-    @property
-    def uses_weights(self) -> bool:  # type: ignore[override]
-        return self.inner.uses_weights
-
-    @property
-    def requires_weights(self) -> bool:  # type: ignore[override]
-        return self.inner.requires_weights
 
     def check_input_count(self, k: int) -> None:
         self.check_own_count(k + 1)
@@ -70,9 +47,6 @@ class ClippingPreAggregation(Rule):
 
     def check_own_count(self, n: int) -> None:
         """Raise ``ValueError`` if the clipping itself cannot run on ``n`` inputs."""
-
-    def reset(self) -> None:
-        self.inner.reset()
 
     @abstractmethod
     def radius(self, norms: Tensor, lost: int) -> float:
@@ -93,9 +67,7 @@ class ClippingPreAggregation(Rule):
         # own is one of the n inputs, with difference zero.
         norms = torch.cat([own.new_zeros(1), row_distances(received, own)])
         clipped = self._clip(own, received, norms, rejected)
-        result, inner_stats = _run_inner(self.inner, own, clipped, weights, round, rejected)
-        self.stats.update(inner_stats)
-        return result
+        return self._apply_inner(own, clipped, weights, round, rejected)
 
     def _aggregate_clients(
         self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
@@ -109,10 +81,7 @@ class ClippingPreAggregation(Rule):
         if k == 0:
             return reference.clone()
         clipped = self._clip(reference, updates, row_distances(updates, reference), refused)
-        result = self.inner.aggregate_clients(reference, clipped, weights, round=round,
-                                              refused=refused)
-        self.stats.update({f"inner_{key}": value for key, value in self.inner.stats.items()})
-        return result
+        return self._apply_inner_clients(reference, clipped, weights, round, refused)
 
 
 @register_rule("static_clipping")

@@ -32,6 +32,44 @@ def _run_inner(
     return result, {f"inner_{key}": value for key, value in inner.stats.items()}
 
 
+class PreAggregation(Rule):
+    """A rule that transforms its inputs, then lets ``inner`` (a rule, a rule name or a
+    mapping ``{"name": ..., **params}``) aggregate them: it reads and needs weights exactly
+    when the inner rule does, and resetting it resets the inner rule."""
+
+    def __init__(self, inner: RuleSpec) -> None:
+        super().__init__()
+        self.inner = resolve_rule(inner)
+
+    @property
+    def uses_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.uses_weights
+
+    @property
+    def requires_weights(self) -> bool:  # type: ignore[override]
+        return self.inner.requires_weights
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def _apply_inner(self, own: Tensor, received: Tensor, weights: Tensor | None, round: int,
+                     lost: int) -> Tensor:
+        """``inner`` on the transformed, already validated inputs, told that ``lost`` of its
+        inputs were proven faulty; its stats join this rule's with the prefix ``inner_``."""
+        result, inner_stats = _run_inner(self.inner, own, received, weights, round, lost)
+        self.stats.update(inner_stats)
+        return result
+
+    def _apply_inner_clients(self, reference: Tensor, rows: Tensor, weights: Tensor | None,
+                             round: int, refused: int) -> Tensor:
+        """Server-side: ``inner.aggregate_clients`` on the transformed clients' models (the
+        global model as its reference); its stats join this rule's with ``inner_``."""
+        result = self.inner.aggregate_clients(reference, rows, weights, round=round,
+                                              refused=refused)
+        self.stats.update({f"inner_{key}": value for key, value in self.inner.stats.items()})
+        return result
+
+
 def nearest_neighbor_mix(inputs: Tensor, f: int) -> Tensor:
     """Every row of ``inputs`` replaced by the mean of its ``n - f`` nearest rows (itself
     included); ``f`` is clamped to ``[0, n - 1]``."""
@@ -45,23 +83,14 @@ def nearest_neighbor_mix(inputs: Tensor, f: int) -> Tensor:
 
 
 @register_rule("nnm")
-class NearestNeighborMixing(Rule):
+class NearestNeighborMixing(PreAggregation):
     """Replace every input (own included) by the average of its ``n - f`` nearest inputs
     (itself included), then apply ``inner`` (default: mean). Needs ``n >= 2f + 1``."""
 
     def __init__(self, f: int, inner: RuleSpec = "mean") -> None:
-        super().__init__()
         check_int_at_least("nnm", "f", f, 0)
+        super().__init__(inner)
         self.f = f
-        self.inner = resolve_rule(inner)
-
-    @property
-    def uses_weights(self) -> bool:  # type: ignore[override]
-        return self.inner.uses_weights
-
-    @property
-    def requires_weights(self) -> bool:  # type: ignore[override]
-        return self.inner.requires_weights
 
     def check_input_count(self, k: int) -> None:
         check_majority(self.name, k + 1, self.f)
@@ -72,9 +101,7 @@ class NearestNeighborMixing(Rule):
     ) -> Tensor:
         inputs = stack_with_own(own, received)
         mixed = nearest_neighbor_mix(inputs, self.f - rejected)
-        result, inner_stats = _run_inner(self.inner, mixed[0], mixed[1:], weights, round, rejected)
-        self.stats.update(inner_stats)
-        return result
+        return self._apply_inner(mixed[0], mixed[1:], weights, round, rejected)
 
     def _aggregate_clients(
         self, reference: Tensor, updates: Tensor, weights: Tensor | None, *, round: int,
@@ -88,19 +115,12 @@ class NearestNeighborMixing(Rule):
             )
         self.check_input_count(updates.shape[0] - 1 + refused)
         mixed = nearest_neighbor_mix(updates, self.f - refused)
-        result = self.inner.aggregate_clients(
-            reference, mixed, weights, round=round, refused=refused
-        )
-        self.stats = {
-            "received": float(updates.shape[0]),
-            "rejected_nonfinite": float(refused),
-            **{f"inner_{key}": value for key, value in self.inner.stats.items()},
-        }
-        return result
+        self.stats = {"received": float(updates.shape[0]), "rejected_nonfinite": float(refused)}
+        return self._apply_inner_clients(reference, mixed, weights, round, refused)
 
 
 @register_rule("bucketing")
-class Bucketing(Rule):
+class Bucketing(PreAggregation):
     """Bucketing (Karimireddy, He, Jaggi, ICLR 2022): shuffle, average in buckets of ``s``,
     then apply ``inner``. ``seed`` fixes the shuffling sequence. Two layouts:
 
@@ -120,24 +140,15 @@ class Bucketing(Rule):
 
     def __init__(self, s: int = 2, inner: RuleSpec = "mean", seed: int = 0,
                  layout: str = "received") -> None:
-        super().__init__()
         check_int_at_least("bucketing", "s", s, 1)
         if layout not in self.LAYOUTS:
             raise ValueError(f"bucketing: layout must be one of {', '.join(self.LAYOUTS)}, "
                              f"got {layout!r}")
+        super().__init__(inner)
         self.s = s
-        self.inner = resolve_rule(inner)
         self.seed = seed
         self.layout = layout
         self._generator = torch.Generator().manual_seed(seed)
-
-    @property
-    def uses_weights(self) -> bool:  # type: ignore[override]
-        return self.inner.uses_weights
-
-    @property
-    def requires_weights(self) -> bool:  # type: ignore[override]
-        return self.inner.requires_weights
 
     def check_input_count(self, k: int) -> None:
         if self.layout == "reference":  # as many buckets as inputs
@@ -147,7 +158,7 @@ class Bucketing(Rule):
 
     def reset(self) -> None:
         self._generator.manual_seed(self.seed)
-        self.inner.reset()
+        super().reset()
 
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
