@@ -121,6 +121,11 @@ def mean(own: Vector, received: Matrix, weights: Vector | None = None) -> tuple[
     return scale(weighted_sum(inputs, weights), 1.0 / total), {}
 
 
+def local(own: Vector, received: Matrix) -> tuple[Vector, Stats]:
+    """No collaboration: own, whatever arrived."""
+    return list(own), {}
+
+
 def gossip(own: Vector, received: Matrix, weights: Vector) -> tuple[Vector, Stats]:
     """``sum_j W_ij x_j`` over self and neighbours (``weights[0]`` is the self weight)."""
     return weighted_sum(all_inputs(own, received), weights), {}

@@ -189,6 +189,7 @@ CASES: list[Case] = [
     Case("mean", "mean", simple("mean"), lambda x: ref.mean(x.own, x.received)),
     Case("mean_weighted", "mean", simple("mean"),
          lambda x: ref.mean(x.own, x.received, x.kept_weights()), weights=True),
+    Case("local", "local", simple("local"), lambda x: ref.local(x.own, x.received)),
     Case("gossip", "gossip", simple("gossip"),
          lambda x: ref.gossip(x.own, x.received, x.self_kept_weights()), weights=True),
     Case("median", "median", simple("median"), lambda x: ref.median(x.own, x.received)),

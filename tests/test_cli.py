@@ -74,7 +74,7 @@ def test_run_help_lists_the_names(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--rule", "balanse"], "unknown rule 'balanse'; available rules: balance"),
+        (["--rule", "balanse"], "unknown rule 'balanse'; available rules: arc, balance"),
         (["--attack", "alei"], "unknown attack 'alei'; available attacks: alie"),
         (["--topology", "rng"], "unknown topology 'rng'"),
         (["--rule", "trimmed_mean", "--rule-arg", "beta=1"], "has no parameter(s) beta"),

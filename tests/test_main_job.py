@@ -45,7 +45,7 @@ def test_local_keeps_its_own_model_and_accepts_nothing() -> None:
     assert torch.equal(result, own) and result is not own
     assert rule.accepted_rows is not None and rule.accepted_rows.tolist() == [False, False]
     assert rule.stats["rejected_nonfinite"] == 1.0
-    with pytest.raises(ValueError, match="local: .*no server form"):
+    with pytest.raises(ValueError, match=r"local: .*no server form"):
         rule.aggregate_clients(own, received[:1])
 
 

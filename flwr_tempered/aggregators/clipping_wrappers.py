@@ -10,8 +10,9 @@ radius / ||x - centre||)``.
 
 * Static clipping: a fixed ``radius = c`` (``byzfl.Clipping``).
 * ARC: Y. Allouah, R. Guerraoui, N. Gupta, A. Jellouli, G. Rizk, J. Stephan, "Adaptive
-  gradient clipping for robust federated learning" (first titled "Boosting robustness by
-  clipping gradients in distributed learning"), ICLR 2025, arXiv:2405.14432. Of the ``n``
+  gradient clipping for robust federated learning", ICLR 2025, arXiv:2405.14432 (earlier
+  versions: "Boosting robustness by clipping gradients in distributed learning", "The
+  vital role of gradient clipping in Byzantine-resilient distributed learning"). Of the ``n``
   inputs, the ``k = floor(2 (f / n) (n - f))`` with the largest differences are clipped to
   the norm of the ``(k + 1)``-th largest (``k = 0``: nothing is clipped).
 """
