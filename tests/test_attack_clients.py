@@ -6,6 +6,10 @@ every coordinate) makes every crafted vector checkable by hand.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +32,7 @@ from flwr_tempered.clients import (
     malicious_partitions,
     poison_batch,
     poisoned_dataloaders,
+    smallest_attacking_fraction,
 )
 from flwr_tempered.runtime.local_grid import LocalGrid, run_locally
 from flwr_tempered.strategies import Median
@@ -370,3 +375,135 @@ def test_two_apps_in_one_process_do_not_share_their_honest_view() -> None:
     honest_mean_shift = np.mean([p + 1.0 for p in range(1, NUM_NODES)])
     assert np.allclose(results[0], -(GLOBAL + honest_mean_shift), atol=1e-5)
     assert np.allclose(results[1], -(GLOBAL + 3.0 * honest_mean_shift), atol=1e-5)
+
+
+# --------------------------------------------------------- who attacks, in the log
+class _Collected(logging.Handler):
+    """Keeps every record it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def flower_log() -> Iterator[list[logging.LogRecord]]:
+    """The records Flower's logger ("flwr") emits inside the block."""
+    logger = logging.getLogger("flwr")
+    handler, level = _Collected(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def train_all(grid: LocalGrid, server_round: int, model: np.ndarray = GLOBAL) -> list[Message]:
+    """One round: the same train message to every node of ``grid``, replies by node."""
+    content = RecordDict({"arrays": ArrayRecord([model]),
+                          "config": ConfigRecord({"server-round": server_round})})
+    messages = [grid.create_message(content, MessageType.TRAIN, node, str(server_round))
+                for node in grid.get_node_ids()]
+    return list(grid.send_and_receive(messages))
+
+
+def test_fraction_is_rounded_half_up() -> None:
+    assert len(malicious_partitions(10, fraction=0.05)) == 1
+    assert len(malicious_partitions(10, fraction=0.25)) == 3  # round() would give 2
+    assert len(malicious_partitions(10, fraction=0.15)) == 2  # 0.15 * 10 < 1.5 in floats
+    assert len(malicious_partitions(10, fraction=0.04)) == 0
+    for count in (1, 2, 3, 7, 10, 30):
+        smallest = smallest_attacking_fraction(count)
+        assert len(malicious_partitions(count, fraction=smallest)) == 1
+        assert len(malicious_partitions(count, fraction=smallest - 1e-4)) == 0
+
+
+@pytest.mark.parametrize("fraction, count, smallest", [(0.2, 2, "0.25"), (0.04, 10, "0.05")])
+def test_a_fraction_giving_no_attacker_warns_once_with_the_smallest_that_gives_one(
+        fraction: float, count: int, smallest: str) -> None:
+    grid = LocalGrid(malicious_clientapp(toy_app(), "alie", fraction=fraction), count)
+    with flower_log() as records:
+        for server_round in (1, 2):
+            replies = train_all(grid, server_round)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    for part in (f"fraction={fraction}", f"num-partitions={count}", smallest, "alie"):
+        assert part in warnings[0]
+    assert [model_of(r).tolist() for r in replies] == [(GLOBAL + p + 1).tolist()
+                                                       for p in range(count)]
+
+
+def test_the_attack_and_its_partitions_are_logged_once_per_run() -> None:
+    wrapped = malicious_clientapp(toy_app(), {"name": "alie", "z": 1.5}, nodes=[4, 1])
+    with flower_log() as records:
+        grid = LocalGrid(wrapped, NUM_NODES, run_id=7)
+        for server_round in (1, 2):
+            train_all(grid, server_round)
+        first_run = [r.getMessage() for r in records]
+        train_all(LocalGrid(wrapped, NUM_NODES, run_id=8), 1)
+    assert len(first_run) == 1 and records[0].levelno == logging.INFO
+    assert "z=1.5" in first_run[0] and "[1, 4]" in first_run[0]
+    assert "ALIE" in first_run[0] and f"num-partitions={NUM_NODES}" in first_run[0]
+    assert len(records) == 2  # a new run is announced again
+
+
+# -------------------------------------------- each partition trains once per round
+def noisy_app(calls: list[tuple[int, int]], stateful: bool = False) -> ClientApp:
+    """Adds ``partition-id + 1`` plus fresh (unseeded) noise, so two trainings of one
+    partition never agree; records ``(round, partition)`` per call; with ``stateful``,
+    counts its calls in ``context.state``."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        calls.append((int(msg.content["config"]["server-round"]), partition))
+        if stateful:
+            before = context.state["calls"]["n"] if "calls" in context.state else 0
+            context.state["calls"] = MetricRecord({"n": int(before) + 1})  # type: ignore
+        arrays = msg.content["arrays"].to_numpy_ndarrays()
+        noise = np.random.default_rng().normal(size=arrays[0].shape).astype(np.float32)
+        trained = [a + partition + 1.0 + noise for a in arrays]
+        return Message(RecordDict({"arrays": ArrayRecord(trained),
+                                   "metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=msg)
+
+    return app
+
+
+def test_each_partition_trains_once_per_round_and_attackers_see_what_is_sent() -> None:
+    calls: list[tuple[int, int]] = []
+    attackers = [2, 4]  # honest nodes train before, between and after them
+    wrapped = malicious_clientapp(noisy_app(calls), {"name": "ipm", "eps": 0.5},
+                                  nodes=attackers)
+    grid = LocalGrid(wrapped, NUM_NODES)
+    for server_round in (1, 2):
+        replies = train_all(grid, server_round, GLOBAL + server_round)
+        honest_mean = np.mean([model_of(replies[p]) for p in range(NUM_NODES)
+                               if p not in attackers], axis=0)
+        for partition in attackers:  # exactly the honest models the server receives
+            assert np.allclose(model_of(replies[partition]), -0.5 * honest_mean, atol=1e-5)
+    assert sorted(calls) == [(r, p) for r in (1, 2) for p in range(NUM_NODES)]
+
+
+@pytest.mark.parametrize("why", ["stateful app", "node config differs"])
+def test_a_node_whose_training_could_differ_trains_itself(why: str) -> None:
+    calls: list[tuple[int, int]] = []
+    wrapped = malicious_clientapp(noisy_app(calls, stateful=why == "stateful app"),
+                                  {"name": "ipm", "eps": 1.0}, nodes=[0])
+    grid = LocalGrid(wrapped, 3)
+    if why == "node config differs":
+        grid.contexts[3].node_config["data-path"] = "/data/2"
+    replies = train_all(grid, 1)
+    retrained = [1, 2] if why == "stateful app" else [2]
+    assert sorted(calls) == sorted([(1, 0), (1, 1), (1, 2), *[(1, p) for p in retrained]])
+    if why == "stateful app":  # each real node's state saw one call
+        assert [grid.contexts[n].state["calls"]["n"] for n in (1, 2, 3)] == [1, 1, 1]
+    else:  # the replayed node sent exactly what the attacker saw, the other did not
+        seen = -model_of(replies[0])
+        assert not np.allclose(seen, (model_of(replies[1]) + model_of(replies[2])) / 2)

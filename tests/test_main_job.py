@@ -139,3 +139,16 @@ def test_replacing_the_rule_of_the_default_run_drops_balances_settings() -> None
         "gamma": 0.5, "kappa": 0.0}
     assert dict(replace(config, rule_args={"gamma": 0.3}).rule_args) == {"gamma": 0.3}
     assert type(config.to_dict()["rule_args"]) is dict
+
+
+def test_mozi_is_not_offered_as_a_server_strategy_either() -> None:
+    """MOZI's loss check needs a node's own data, which a server does not have: offered as
+    a strategy it kept the global model every round without failing."""
+    from flwr_tempered.strategies.by_name import (
+        available_server_strategies,
+        make_server_strategy,
+    )
+
+    assert "mozi" not in available_server_strategies()
+    with pytest.raises(ValueError, match="'mozi' has no server form"):
+        make_server_strategy("mozi")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ import reference_rules as ref
 import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
+from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -160,7 +162,7 @@ PAIRS: dict[str, Callable[[int], tuple[Any, Any]]] = {
         ours.MultiKrum(num_malicious_nodes=n // 5, num_nodes_to_select=n // 2),
         flower.MultiKrum(num_malicious_nodes=n // 5, num_nodes_to_select=n // 2)),
     "Bulyan_multi_krum_vs_Bulyan": lambda n: (
-        ours.Bulyan(num_malicious_nodes=(n - 3) // 4, selection="multi_krum"),
+        ours.Bulyan(num_malicious_nodes=(n - 3) // 4, selection_rule="multi_krum"),
         flower.Bulyan(num_malicious_nodes=(n - 3) // 4)),
 }
 
@@ -688,10 +690,13 @@ def test_every_reply_malformed_keeps_the_global_model(caplog: pytest.LogCaptureF
 
 
 @pytest.mark.parametrize(("strategy", "n", "words"), [
-    (ours.Bulyan(num_malicious_nodes=2), 7, ("bulyan", "4f + 3")),
-    (ours.Bulyan(num_malicious_nodes=2, selection="multi_krum"), 10, ("bulyan", "4f + 3")),
-    (ours.Krum(num_malicious_nodes=2), 6, ("krum", "2f + 3")),
-    (ours.TrimmedMean(b=3), 6, ("trimmed_mean", "2b < k + 1")),
+    (ours.Bulyan(num_malicious_nodes=2), 7,
+     ("Bulyan", "num_malicious_nodes = 2", "at least 11 replies, got 7")),
+    (ours.Bulyan(num_malicious_nodes=2, selection="multi_krum"), 10,
+     ("Bulyan", "num_malicious_nodes = 2", "at least 11 replies, got 10")),
+    (ours.Krum(num_malicious_nodes=2), 6,
+     ("Krum", "num_malicious_nodes = 2", "at least 7 replies, got 6")),
+    (ours.TrimmedMean(b=3), 6, ("TrimmedMean", "b = 3", "at least 7 replies, got 6")),
 ])
 def test_too_few_replies_for_the_rule_skip_the_round_with_a_warning(
     strategy: Any, n: int, words: tuple[str, ...], caplog: pytest.LogCaptureFixture
@@ -710,14 +715,15 @@ def test_too_few_replies_for_the_rule_skip_the_round_with_a_warning(
     (ours.Median(), ["Rule: median"]),
     (ours.TrimmedMean(beta=0.2), ["Rule: trimmed_mean", "beta: 0.2"]),
     (ours.TrimmedMean(b=3), ["Rule: trimmed_mean", "b: 3"]),
-    (ours.Krum(num_malicious_nodes=2), ["Rule: krum", "f: 2"]),
+    (ours.Krum(num_malicious_nodes=2), ["Rule: krum", "num_malicious_nodes: 2"]),
     (ours.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=5),
-     ["Rule: multi_krum", "f: 2", "m: 5"]),
-    (ours.Bulyan(num_malicious_nodes=1, selection="multi_krum"),
-     ["Rule: bulyan", "f: 1", "selection: multi_krum"]),
+     ["Rule: multi_krum", "num_malicious_nodes: 2", "num_nodes_to_select: 5"]),
+    (ours.Bulyan(num_malicious_nodes=1, selection_rule="multi_krum"),
+     ["Rule: bulyan", "num_malicious_nodes: 1", "selection_rule: multi_krum"]),
     (ours.CenteredClipping(tau=1.5, iterations=3), ["Rule: centered_clipping", "tau: 1.5",
                                                     "iterations: 3"]),
-    (ours.NNMRobust(num_malicious_nodes=2, rule="median"), ["Rule: nnm", "f: 2", "median"]),
+    (ours.NNMRobust(num_malicious_nodes=2, rule="median"),
+     ["Rule: nnm", "num_malicious_nodes: 2", "median"]),
     (ours.GeometricMedian(iterations=5), ["Rule: geometric_median", "iterations: 5"]),
 ])
 def test_summary_logs_the_rule_and_its_settings(
@@ -809,9 +815,366 @@ def test_make_server_strategy_builds_named_flower_and_rule_strategies() -> None:
     ("medianx", {}, "unknown server strategy 'medianx'"),
     ("median", {"beta": 0.1}, "strategy 'median'.*beta"),
     ("trimmed_mean", {"rule_args": {"b": 1}}, "keyword arguments"),
+    ("centered_clipping", {}, "strategy 'centered_clipping'.*tau"),
     ("balance", {"rule_args": {"gama": 0.3}}, "gama"),
 ])
 def test_make_server_strategy_names_what_is_wrong(name: str, kwargs: dict,
                                                   message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ours.make_server_strategy(name, **kwargs)
+
+
+# ------------------------------------------------- client counts: the server-side budget
+#: Server rules (with and without a budget) whose ``check_client_count`` must agree with
+#: what ``aggregate_clients`` accepts.
+COUNT_RULES: list[dict[str, Any]] = [
+    {"name": "multi_krum", "f": 2, "m": 3},
+    {"name": "krum", "f": 1},
+    {"name": "bulyan", "f": 1},
+    {"name": "bulyan", "f": 1, "selection": "multi_krum"},
+    {"name": "trimmed_mean", "b": 2},
+    {"name": "nnm", "f": 2, "inner": {"name": "trimmed_mean", "b": 1}},
+    {"name": "meamed", "f": 2},
+    {"name": "monna", "f": 2},
+    {"name": "caf", "f": 1},
+    {"name": "mda", "f": 1, "max_subsets": 8},
+    {"name": "arc", "f": 2, "inner": {"name": "krum", "f": 1}},
+    {"name": "static_clipping", "c": 1.0, "inner": {"name": "trimmed_mean", "b": 2}},
+    {"name": "bucketing", "s": 2, "inner": {"name": "krum", "f": 1}},
+    {"name": "median"},
+    {"name": "centered_clipping", "tau": 1.0},
+]
+
+
+@pytest.mark.parametrize("spec", COUNT_RULES, ids=lambda spec: "-".join(map(str, spec.values())))
+def test_check_client_count_refuses_exactly_the_counts_aggregate_clients_refuses(
+    spec: dict[str, Any],
+) -> None:
+    """The budget check a strategy runs before the round must not drift from the rule's
+    server form: for 1..12 clients, the hook raises exactly when aggregating raises."""
+    generator = torch.Generator().manual_seed(5)
+    for n in range(1, 13):
+        rule = ours.RobustFedAvg(dict(spec)).rule
+        try:
+            rule.check_client_count(n)
+            hook_refuses = False
+        except ValueError:
+            hook_refuses = True
+        try:
+            rule.aggregate_clients(torch.zeros(4, dtype=torch.float64),
+                                   torch.randn(n, 4, generator=generator, dtype=torch.float64))
+            aggregate_refuses = False
+        except ValueError:
+            aggregate_refuses = True
+        assert hook_refuses == aggregate_refuses, (spec, n)
+
+
+#: (label, strategy factory taking FedAvg options, clients needed per round by hand:
+#: Krum family 2f + 3 and m <= n - f, Bulyan 4f + 3, trimmed mean 2b + 1, NNM / MeaMed /
+#: MoNNA 2f + 1).
+NAMED_BUDGETS: list[tuple[str, Callable[..., Any], int]] = [
+    ("MultiKrum", lambda **o: ours.MultiKrum(num_malicious_nodes=2, **o), 7),
+    ("MultiKrum_select_5", lambda **o: ours.MultiKrum(num_malicious_nodes=1,
+                                                      num_nodes_to_select=5, **o), 6),
+    ("Krum", lambda **o: ours.Krum(num_malicious_nodes=2, **o), 7),
+    ("Bulyan", lambda **o: ours.Bulyan(num_malicious_nodes=1, **o), 7),
+    ("Bulyan_select_multikrum", lambda **o: ours.Bulyan(
+        num_malicious_nodes=2, selection_rule=select_multikrum, **o), 11),
+    ("TrimmedMean_b", lambda **o: ours.TrimmedMean(b=3, **o), 7),
+    ("NNMRobust", lambda **o: ours.NNMRobust(num_malicious_nodes=2, **o), 5),
+    ("NNMRobust_trimmed", lambda **o: ours.NNMRobust(
+        num_malicious_nodes=1, rule={"name": "trimmed_mean", "b": 2}, **o), 5),
+    ("RobustFedAvg_meamed", lambda **o: ours.RobustFedAvg(
+        {"name": "meamed", "num_malicious_nodes": 3}, **o), 7),
+    ("make_server_strategy_monna", lambda **o: ours.make_server_strategy(
+        "monna", num_malicious_nodes=2, **o), 5),
+]
+CONNECTED = 20
+
+
+def _fraction_sampling(count: int) -> float:
+    """A fraction_train under which FedAvg samples exactly ``count`` of CONNECTED nodes."""
+    return (count + 0.5) / CONNECTED
+
+
+@pytest.mark.parametrize(("label", "factory", "needed"), NAMED_BUDGETS,
+                         ids=[case[0] for case in NAMED_BUDGETS])
+def test_a_budget_the_sampled_clients_cannot_fit_is_refused_by_fraction_and_by_min_nodes(
+    label: str, factory: Callable[..., Any], needed: int,
+) -> None:
+    too_few = [factory(fraction_train=_fraction_sampling(needed - 1), min_train_nodes=2),
+               factory(fraction_train=0.01, min_train_nodes=needed - 1)]
+    for strategy in too_few:
+        with pytest.raises(ValueError) as refused:
+            strategy.check_train_budget(CONNECTED)
+        message = str(refused.value)
+        assert f"needs at least {needed} clients per round" in message, message
+        assert f"each round samples {needed - 1} clients" in message, message
+        assert f"min_train_nodes to {needed}" in message, message
+    enough = [factory(fraction_train=_fraction_sampling(needed), min_train_nodes=2),
+              factory(fraction_train=0.01, min_train_nodes=needed),
+              factory(fraction_train=0.0)]  # no training, nothing to check
+    for strategy in enough:
+        strategy.check_train_budget(CONNECTED)
+
+
+def test_a_budget_beyond_the_connected_nodes_says_to_connect_more_or_lower_it() -> None:
+    strategy = ours.Bulyan(num_malicious_nodes=2, fraction_train=1.0)
+    with pytest.raises(ValueError, match=r"needs at least 11 clients per round, but each "
+                       r"round samples 10 .*connect at least 11 nodes .*lower "
+                       r"num_malicious_nodes"):
+        strategy.check_train_budget(10)
+
+
+def counting_app(failing: Sequence[int] = (), nan: Sequence[int] = ()) -> tuple[Any, list]:
+    """A ClientApp that adds ``partition-id + 1`` to the model (partitions in ``failing``
+    raise, those in ``nan`` return NaNs), and the list of partitions it trained."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    trained: list[int] = []
+
+    @app.train()
+    def train(msg: Message, context: Any) -> Message:
+        partition = int(context.node_config["partition-id"])
+        trained.append(partition)
+        if partition in failing:
+            raise RuntimeError("disk on fire")
+        arrays = msg.content["arrays"].to_numpy_ndarrays()
+        shift = np.nan if partition in nan else partition + 1.0
+        metrics = MetricRecord({"num-examples": 10 + partition})
+        return Message(RecordDict({"arrays": ArrayRecord([a + shift for a in arrays]),
+                                   "metrics": metrics}), reply_to=msg)
+
+    return app, trained
+
+
+def start_locally(strategy: Any, app: Any, num_nodes: int, num_rounds: int = 1) -> Any:
+    """``strategy.start`` on an in-process grid of ``num_nodes`` nodes running ``app``."""
+    from flwr_tempered.runtime.local_grid import LocalGrid
+
+    grid = LocalGrid(app, num_nodes)
+    return strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(3, np.float32)]),
+                          num_rounds=num_rounds)
+
+
+def test_the_issues_stall_case_fails_before_round_1_naming_the_budget_and_the_fix() -> None:
+    """MultiKrum(num_malicious_nodes=2) with the template's sampling (5 of 10 clients per
+    round) used to refuse every round and end with an empty model."""
+    app, trained = counting_app()
+    strategy = ours.MultiKrum(num_malicious_nodes=2, fraction_train=0.5)
+    with pytest.raises(ValueError) as refused:
+        start_locally(strategy, app, num_nodes=10)
+    assert str(refused.value) == (
+        "MultiKrum: num_malicious_nodes = 2, num_nodes_to_select = 1 needs at least 7 clients "
+        "per round, but each round samples 5 clients (fraction_train = 0.5 of the 10 "
+        "connected nodes, at least min_train_nodes = 2); to fix it, raise fraction_train to "
+        "0.7 or min_train_nodes to 7, or lower num_malicious_nodes")
+    assert trained == []  # no client trained: the run stopped before round 1
+
+
+def test_start_waits_for_min_available_nodes_before_checking_the_budget() -> None:
+    """A simulation registers its SuperNodes just after the ServerApp starts: the check
+    must not take the zero nodes seen first for the federation."""
+    from flwr_tempered.runtime.local_grid import LocalGrid
+
+    class LateGrid(LocalGrid):
+        looks = 0
+
+        def get_node_ids(self) -> list[int]:
+            self.looks += 1
+            return [] if self.looks <= 2 else list(self.contexts)
+
+    app, trained = counting_app()
+    with pytest.raises(ValueError, match=r"samples 5 clients .*of the 10 connected nodes"):
+        ours.MultiKrum(num_malicious_nodes=2, fraction_train=0.5).start(
+            grid=LateGrid(app, 10), initial_arrays=ArrayRecord([np.zeros(3, np.float32)]))
+    assert trained == []
+
+
+def test_configure_train_checks_the_budget_too_and_only_warns_after_the_first_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Wrappers (Flower's differential-privacy strategies) call configure_train, not our
+    start: the first round configured raises; a later one whose sample shrank warns."""
+    from flwr.app import ConfigRecord
+
+    from flwr_tempered.runtime.local_grid import LocalGrid
+
+    app, _ = counting_app()
+    arrays = ArrayRecord([np.zeros(3, np.float32)])
+    with pytest.raises(ValueError, match="needs at least 7 clients per round"):
+        ours.Krum(num_malicious_nodes=2, fraction_train=0.5).configure_train(
+            1, arrays, ConfigRecord(), LocalGrid(app, 10))
+    strategy = ours.Krum(num_malicious_nodes=2, fraction_train=0.7)
+    assert len(list(strategy.configure_train(1, arrays, ConfigRecord(), LocalGrid(app, 10)))) == 7
+    with flower_log(caplog):
+        messages = strategy.configure_train(2, arrays, ConfigRecord(), LocalGrid(app, 8))
+    assert len(list(messages)) == 5
+    assert any("round 2" in r.getMessage() and "needs at least 7" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_a_run_whose_every_round_is_refused_ends_with_the_initial_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Four of six clients fail every round, so Krum (5 needed) refuses both rounds: the
+    result still holds a model, the initial one, never an empty record."""
+    app, trained = counting_app(failing=(2, 3, 4, 5))
+    with flower_log(caplog):
+        result = start_locally(ours.Krum(num_malicious_nodes=1, fraction_evaluate=0.0), app,
+                               num_nodes=6, num_rounds=2)
+    assert len(trained) == 12
+    assert list(result.arrays.keys()) and result.arrays.to_numpy_ndarrays()[0].tolist() == [
+        0.0, 0.0, 0.0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("needs at least 5 replies, got 2" in line for line in warnings) == 2
+    assert any("no round aggregated a model" in line for line in warnings)
+
+
+def test_a_run_that_aggregates_returns_the_last_aggregate_not_the_initial_model() -> None:
+    app, _ = counting_app()
+    result = start_locally(ours.Median(fraction_evaluate=0.0), app, num_nodes=3)
+    assert result.arrays.to_numpy_ndarrays()[0].tolist() == [2.0, 2.0, 2.0]
+
+
+# --------------------------------------------------------------------- Flower's vocabulary
+#: The decentralized rules' wording that must not reach a server app's logs or errors.
+DECENTRALIZED = re.compile(r"own plus received|neighbou?r|\b[fmk] (?:[=+<>]|must)|\b[fm]:|\d+f\b|"
+                           r"\bselection:|\(own\b")
+
+#: One of each named strategy, with a budget that 9 clients (one failing, one NaN) fit.
+SHORT_RUN_STRATEGIES: list[Callable[[], Any]] = [
+    lambda: ours.Median(), lambda: ours.TrimmedMean(), lambda: ours.TrimmedMean(b=1),
+    lambda: ours.GeometricMedian(), lambda: ours.Krum(num_malicious_nodes=1),
+    lambda: ours.MultiKrum(num_malicious_nodes=1, num_nodes_to_select=3),
+    lambda: ours.Bulyan(num_malicious_nodes=1),
+    lambda: ours.Bulyan(num_malicious_nodes=1, selection_rule=select_multikrum),
+    lambda: ours.CenteredClipping(tau=1.0), lambda: ours.NNMRobust(num_malicious_nodes=1),
+    lambda: ours.FLTrust(lambda server_round, arrays: arrays),
+    lambda: ours.make_server_strategy("meamed", num_malicious_nodes=1),
+    lambda: ours.make_server_strategy("arc", rule_args={"f": 1, "inner": "median"}),
+]
+
+#: Bad parameters of every named strategy and of the by-name path.
+BAD_PARAMETERS: list[Callable[[], Any]] = [
+    lambda: ours.MultiKrum(num_malicious_nodes=-1),
+    lambda: ours.MultiKrum(num_nodes_to_select=0),
+    lambda: ours.Krum(num_malicious_nodes=1.5),  # type: ignore[arg-type]
+    lambda: ours.Bulyan(num_malicious_nodes=-1),
+    lambda: ours.Bulyan(selection_rule="best"),
+    lambda: ours.Bulyan(selection_rule=lambda contents, f, n: contents),
+    lambda: ours.Bulyan(selection_rule="repeated", selection="multi_krum"),
+    lambda: ours.TrimmedMean(beta=0.7), lambda: ours.TrimmedMean(b=-1),
+    lambda: ours.NNMRobust(num_malicious_nodes=-2),
+    lambda: ours.NNMRobust(num_malicious_nodes=1, rule={"name": "krum", "f": -1}),
+    lambda: ours.CenteredClipping(tau=-1.0), lambda: ours.GeometricMedian(iterations=0),
+    lambda: ours.FLTrust(3),  # type: ignore[arg-type]
+    lambda: ours.RobustFedAvg({"name": "meamed", "f": -1}),
+    lambda: ours.RobustFedAvg({"name": "multi_krum", "f": 1, "m": 0}),
+    lambda: ours.RobustFedAvg({"name": "meamed", "f": 1, "num_malicious_nodes": 1}),
+    lambda: ours.make_server_strategy("multi_krum", f=2),
+    lambda: ours.make_server_strategy("multi_krum", num_malicious_nodes=2, m=3),
+    lambda: ours.make_server_strategy("meamed", f=2),
+    lambda: ours.make_server_strategy("mda", rule_args={"f": -1}),
+]
+
+
+def _error_of(call: Callable[[], Any]) -> str:
+    with pytest.raises(ValueError) as raised:
+        call()
+    return str(raised.value)
+
+
+def test_the_decentralized_vocabulary_check_catches_the_rules_own_wording() -> None:
+    """The check below can fail: the rules' messages themselves do match it."""
+    from flwr_tempered import aggregators
+
+    for call in [lambda: aggregators.MultiKrum(f=-1),
+                 lambda: aggregators.MultiKrum(f=2).check_input_count(4),
+                 lambda: aggregators.TrimmedMean(b=3).check_input_count(4)]:
+        assert DECENTRALIZED.search(_error_of(call))
+
+
+def test_server_messages_logs_and_summaries_use_flowers_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A short run of every named strategy (summary, dropped and failed replies), a round
+    refused for too few replies, every refused budget and every bad parameter: nothing
+    speaks of f, m, own plus received or neighbours."""
+    app, _ = counting_app(failing=(0,), nan=(1,))
+    with flower_log(caplog, logging.DEBUG):
+        for make in SHORT_RUN_STRATEGIES:
+            start_locally(make(), app, num_nodes=9)
+        for _, factory, needed in NAMED_BUDGETS:
+            aggregate(factory(), random_replies(needed - 1, seed=needed), random_model(
+                np.random.default_rng(0)))
+    texts = [r.getMessage() for r in caplog.records]
+    for _, factory, needed in NAMED_BUDGETS:
+        with pytest.raises(ValueError) as refused:
+            factory(min_train_nodes=needed - 1).check_train_budget(needed - 1)
+        texts.append(str(refused.value))
+    texts += [_error_of(call) for call in BAD_PARAMETERS]
+    leaks = [text for text in texts if DECENTRALIZED.search(text)]
+    assert not leaks, leaks
+    joined = "\n".join(texts)
+    for word in ["num_malicious_nodes = 2", "num_malicious_nodes: 1",
+                 "num_nodes_to_select: 3", "selection_rule: multi_krum",
+                 "num_malicious_nodes=2 instead of f=2", "dropped the reply of node",
+                 "needs at least 7 replies, got 6"]:
+        assert word in joined, word
+
+
+def test_make_server_strategy_takes_flowers_names_for_a_rules_budget() -> None:
+    by_option = ours.make_server_strategy("meamed", num_malicious_nodes=2, fraction_train=0.5)
+    by_rule_args = ours.make_server_strategy("meamed", rule_args={"num_malicious_nodes": 2})
+    by_letter = ours.make_server_strategy("meamed", rule_args={"f": 2})
+    for strategy in (by_option, by_rule_args, by_letter):
+        assert isinstance(strategy, ours.RobustFedAvg)
+        assert strategy.rule.config() == {"name": "meamed", "f": 2}
+        assert strategy.rule_settings() == {"name": "meamed", "num_malicious_nodes": 2}
+    assert by_option.fraction_train == 0.5
+    multi_krum = ours.make_server_strategy("multi_krum", num_malicious_nodes=2,
+                                           num_nodes_to_select=3)
+    assert isinstance(multi_krum, ours.MultiKrum)
+    assert (multi_krum.rule.f, multi_krum.rule.m) == (2, 3)
+
+
+def test_bulyan_takes_flowers_selection_rule() -> None:
+    assert ours.Bulyan(1, selection_rule=select_multikrum).rule.selection == "multi_krum"
+    assert ours.Bulyan(1, selection_rule="multi_krum").rule.selection == "multi_krum"
+    assert ours.Bulyan(1).rule.selection == "repeated"
+    assert ours.Bulyan(1, selection_rule=None).selection_rule == "repeated"
+
+    def custom(contents: list, f: int, n: int) -> list:
+        return contents
+
+    with pytest.raises(ValueError, match=r"selection_rule must be .*got custom"):
+        ours.Bulyan(1, selection_rule=custom)
+
+
+# ------------------------------------------------------------------------- summary tree
+@pytest.mark.parametrize(("strategy", "weighted"), [
+    (ours.Median(), False), (ours.TrimmedMean(beta=0.2), False),
+    (ours.Krum(num_malicious_nodes=1), False), (ours.GeometricMedian(), False),
+    (ours.MultiKrum(num_malicious_nodes=1, num_nodes_to_select=3), True),
+    (ours.RobustFedAvg("mean"), True), (ours.NNMRobust(num_malicious_nodes=1), True),
+    (ours.NNMRobust(num_malicious_nodes=1, rule="median"), False),
+])
+def test_summary_tree_closes_every_branch_and_names_weights_only_where_used(
+    strategy: Any, weighted: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with flower_log(caplog):
+        strategy.summary()
+    lines = [r.getMessage() for r in caplog.records]
+    headers = [i for i, line in enumerate(lines) if "──>" in line]
+    assert lines[headers[-1]].startswith("\t└──>")
+    assert all(lines[i].startswith("\t├──>") for i in headers[:-1])
+    for start, end in zip(headers, [*headers[1:], len(lines)], strict=True):
+        branches = lines[start + 1:end]
+        assert branches, lines[start]
+        assert all("├── " in line for line in branches[:-1]), branches
+        assert "└── " in branches[-1], branches
+    text = "\n".join(lines)
+    assert ("Weighted by: 'num-examples'" in text) is weighted
+    assert ("Metrics averaged by: 'num-examples'" in text) is not weighted

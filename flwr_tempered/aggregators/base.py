@@ -180,8 +180,8 @@ class Rule(ABC):
         ``received``, so its statistics span exactly the clients. Wrappers override this.
         """
         k = updates.shape[0]
+        self.check_client_count(k + refused)
         if self.server_reference:
-            self.check_input_count(k + refused)
             if k == 0:
                 self.stats = {"received": 0.0, "rejected_nonfinite": float(refused)}
                 return reference.clone()
@@ -192,7 +192,6 @@ class Rule(ABC):
                                               device=reference.device))
                 full = torch.cat([per_client.new_zeros(1), per_client])
             return self(reference, updates, full, round=round, refused=refused)
-        self.check_input_count(k - 1 + refused)
         if k == 0:
             self.stats = {"received": 0.0, "rejected_nonfinite": float(refused)}
             return reference.clone()
@@ -210,6 +209,19 @@ class Rule(ABC):
         Called with the number of received vectors before non-finite rows are removed, so
         a misconfigured rule fails the same way whatever the neighbours send.
         """
+
+    def check_client_count(self, num_clients: int) -> None:
+        """Server-side :meth:`check_input_count`: raise ``ValueError`` if
+        :meth:`aggregate_clients` cannot run on ``num_clients`` clients' models (refused ones
+        included).
+
+        A server strategy calls it with the number of clients it samples before the round
+        is sent, so that a budget the sample cannot fit fails before any training instead
+        of at every aggregation. By default the clients are the rule's ``n`` inputs (the
+        global model adds one input for a reference-point rule); rules whose server form
+        counts differently override this.
+        """
+        self.check_input_count(num_clients if self.server_reference else num_clients - 1)
 
     def reset(self) -> None:
         """Forget any state kept between calls (stateful rules override this)."""

@@ -49,6 +49,12 @@ class ClippingPreAggregation(PreAggregation):
     def check_own_count(self, n: int) -> None:
         """Raise ``ValueError`` if the clipping itself cannot run on ``n`` inputs."""
 
+    def check_client_count(self, num_clients: int) -> None:
+        """Server-side: the clipping runs over the clients' models, then the inner rule's
+        server form aggregates all of them."""
+        self.check_own_count(num_clients)
+        self.inner.check_client_count(num_clients)
+
     @abstractmethod
     def radius(self, norms: Tensor, lost: int) -> float:
         """The clipping radius for inputs at distances ``norms`` from the centre, ``lost``
@@ -77,7 +83,7 @@ class ClippingPreAggregation(PreAggregation):
         """Server-side: clip the clients' models around the global model, then let the inner
         rule aggregate the clipped models with the global model as its reference."""
         k = updates.shape[0]
-        self.check_own_count(k + refused)
+        self.check_client_count(k + refused)
         self.stats = {"received": float(k), "rejected_nonfinite": float(refused)}
         if k == 0:
             return reference.clone()

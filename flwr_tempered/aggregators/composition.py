@@ -96,6 +96,12 @@ class NearestNeighborMixing(PreAggregation):
         check_majority(self.name, k + 1, self.f)
         self.inner.check_input_count(k)
 
+    def check_client_count(self, num_clients: int) -> None:
+        """Server-side: the mixing runs over the clients' models, then the inner rule's
+        server form aggregates all the mixed ones."""
+        self.check_input_count(num_clients - 1)
+        self.inner.check_client_count(num_clients)
+
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
@@ -113,7 +119,7 @@ class NearestNeighborMixing(PreAggregation):
             return super()._aggregate_clients(
                 reference, updates, weights, round=round, refused=refused
             )
-        self.check_input_count(updates.shape[0] - 1 + refused)
+        self.check_client_count(updates.shape[0] + refused)
         mixed = nearest_neighbor_mix(updates, self.f - refused)
         self.stats = {"received": float(updates.shape[0]), "rejected_nonfinite": float(refused)}
         return self._apply_inner_clients(reference, mixed, weights, round, refused)
@@ -156,6 +162,15 @@ class Bucketing(PreAggregation):
             return
         self.inner.check_input_count(math.ceil(k / self.s))
 
+    def check_client_count(self, num_clients: int) -> None:
+        """Server-side: the clients' models fill ``ceil(n / s)`` buckets, whose means the
+        inner rule's server form aggregates; the ``"reference"`` layout has no server form."""
+        self.check_input_count(num_clients)
+        if self.layout == "reference":
+            raise ValueError("bucketing: layout='reference' puts the node's own model in the "
+                             "first bucket and has no server form; use layout='received'")
+        self.inner.check_client_count(math.ceil(num_clients / self.s))
+
     def reset(self) -> None:
         self._generator.manual_seed(self.seed)
         super().reset()
@@ -190,13 +205,10 @@ class Bucketing(PreAggregation):
         into buckets of ``s``, then let the inner rule aggregate the bucket means with the
         global model as its reference."""
         k = updates.shape[0]
-        self.check_input_count(k + refused)
+        self.check_client_count(k + refused)
         if k == 0:
             self.stats = {"received": 0.0, "rejected_nonfinite": float(refused)}
             return reference.clone()
-        if self.layout == "reference":
-            raise ValueError("bucketing: layout='reference' puts the node's own model in the "
-                             "first bucket and has no server form; use layout='received'")
         means, membership = self._bucket_means(updates)
         buckets = means.shape[0]
         bucket_weights = None

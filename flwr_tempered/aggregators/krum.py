@@ -106,7 +106,7 @@ class MultiKrum(Rule):
         averaged with the clients' weights when given (as Flower's ``MultiKrum`` does with
         example counts), else uniformly."""
         k = updates.shape[0]
-        self.check_input_count(k - 1 + refused)
+        self.check_client_count(k + refused)
         self.stats = {"received": float(k), "rejected_nonfinite": float(refused)}
         if k < 3:  # too few left for a score; fall back to the unweighted mean
             return updates.mean(dim=0) if k else reference.clone()

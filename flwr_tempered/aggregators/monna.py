@@ -32,6 +32,11 @@ class MoNNA(HonestMajorityRule):
 
     server_reference = True
 
+    def check_client_count(self, num_clients: int) -> None:
+        """Server-side the ``n`` inputs are the clients only (the global model is the pivot,
+        not an input)."""
+        self.check_input_count(num_clients - 1)
+
     def _aggregate(
         self, own: Tensor, received: Tensor, weights: Tensor | None, *, round: int, rejected: int
     ) -> Tensor:
@@ -47,7 +52,7 @@ class MoNNA(HonestMajorityRule):
         """Server-side MoNNA: the ``n - f`` of the ``n`` clients' models nearest to the
         global model (the trusted pivot, not itself averaged)."""
         k = updates.shape[0]
-        self.check_input_count(k - 1 + refused)  # n = the clients, refused ones included
+        self.check_client_count(k + refused)  # n = the clients, refused ones included
         self.stats = {"received": float(k), "rejected_nonfinite": float(refused)}
         if k == 0:
             return reference.clone()

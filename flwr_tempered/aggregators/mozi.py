@@ -45,6 +45,9 @@ class Mozi(Rule):
         self.alpha = alpha
         self.loss_fn = loss_fn
 
+    #: A server has no local data to take MOZI's loss on.
+    server_form = False
+
     def bind_loss(self, loss_fn: LossFunction) -> None:
         """Attach the node's local-loss callback (a model vector -> loss on a fresh batch)."""
         if not callable(loss_fn):

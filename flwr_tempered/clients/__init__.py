@@ -2,7 +2,12 @@
 that chosen nodes poison their data or their model updates."""
 
 from .data_poisoning import poison_batch, poisoned_dataloaders
-from .malicious import VIEWS, malicious_clientapp, malicious_partitions
+from .malicious import (
+    VIEWS,
+    malicious_clientapp,
+    malicious_partitions,
+    smallest_attacking_fraction,
+)
 
 __all__ = [
     "VIEWS",
@@ -10,4 +15,5 @@ __all__ = [
     "malicious_partitions",
     "poison_batch",
     "poisoned_dataloaders",
+    "smallest_attacking_fraction",
 ]

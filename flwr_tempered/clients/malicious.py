@@ -14,13 +14,28 @@ like ``app`` on honest nodes. On malicious nodes (chosen by partition id, or a s
 
 Colluding attacks need to know the honest updates. With ``view="omniscient"`` (default)
 the attackers share an omniscient view in simulation: the wrapper runs ``app``'s train
-handler for each honest partition on the same global model (a fresh ``Context`` with that
-partition's ``node_config``), once per round and worker process, and hands those models to
-the attack. This needs the simulation's ``partition-id``/``num-partitions`` node config and
-a ClientApp whose training depends only on them and the message (state kept in
-``context.state`` is not replayed). ``view="colluders"`` uses only the malicious
-partitions' own honest models (Fang et al.'s partial knowledge), ``view="own"`` only the
-attacker's.
+handler for each honest partition on the same train message (a fresh ``Context`` with that
+partition's ``node_config``) and hands those models to the attack. This needs the
+simulation's ``partition-id``/``num-partitions`` node config and a ClientApp whose training
+depends only on them, the run config and the message. ``view="colluders"`` uses only the
+malicious partitions' own honest models (Fang et al.'s partial knowledge), ``view="own"``
+only the attacker's.
+
+Each partition trains once per round and worker process, attackers and honest nodes
+together: the wrapper keeps, for the current round's train message, every honest model
+trained in the process. A node that trains for real publishes its model there (an attacker
+later in the round reuses it); a node whose training an attacker already ran on its behalf
+receives that reply instead of training again (*replay*). Replay happens only when it
+cannot differ from a real run: the simulated training left its fresh ``context.state``
+empty (the app keeps no state), the node's own ``context.state`` is empty too, and its
+``node_config`` equals the one simulated; otherwise the node trains itself. So an attacked
+run costs about what a clean one does (measured: README), instead of every attacker
+retraining every honest partition. With Ray, each worker process keeps its own copy, so
+partitions can train once per process rather than once per run.
+
+On the first train message of a run, each process logs the attack (name and parameters)
+and the malicious partitions with Flower's logger, and warns when ``fraction`` gives no
+attacker at all.
 
 The server is the attack's single target: its "honest set" is the honest clients' models,
 its reference point (``previous``) the global model the round started from. Attacks that
@@ -31,14 +46,20 @@ rule as ``rule=``; they see it as the server applies it,
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 import random
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from logging import INFO, WARNING
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from flwr_tempered.aggregators import Rule, resolve_rule
 from flwr_tempered.attacks import (
@@ -55,23 +76,38 @@ from flwr_tempered.strategies.records import ModelLayout
 
 from .data_poisoning import poisoned_dataloaders
 
-__all__ = ["VIEWS", "malicious_clientapp", "malicious_partitions"]
+__all__ = ["VIEWS", "malicious_clientapp", "malicious_partitions",
+           "smallest_attacking_fraction"]
 
 VIEWS = ("omniscient", "colluders", "own")
 
 AttackSpec = str | Mapping[str, Any]
 RuleSpec = Rule | str | Mapping[str, Any]
 
-#: Per worker process: the honest models of the latest round, keyed by app, run, round,
-#: global-model digest and run config, so colluding attackers in one process train them
-#: once.
-_VIEW_CACHE: dict[tuple[Any, ...], dict[int, torch.Tensor]] = {}
+#: Train messages (distinct contents) of the current round whose models a wrapper keeps.
+_KEPT_MESSAGES = 4
+
+
+def _attacker_count(fraction: float, num_partitions: int) -> int:
+    """``fraction * num_partitions`` rounded to the nearest integer, halves up (the
+    ``1e-9`` absorbs float error such as ``0.15 * 10 = 1.4999999999999998``)."""
+    return math.floor(fraction * num_partitions + 0.5 + 1e-9)
+
+
+def smallest_attacking_fraction(num_partitions: int) -> float:
+    """The smallest ``fraction`` (to 4 decimals, rounded up) that makes at least one of
+    ``num_partitions`` partitions malicious: ``0.5 / num_partitions``."""
+    if isinstance(num_partitions, bool) or not isinstance(num_partitions, int) or (
+            num_partitions < 1):
+        raise ValueError(f"smallest_attacking_fraction: num_partitions must be an integer "
+                         f">= 1, got {num_partitions!r}")
+    return math.ceil(0.5 / num_partitions * 10_000) / 10_000
 
 
 def malicious_partitions(num_partitions: int, *, nodes: Iterable[int] | None = None,
                          fraction: float | None = None, seed: int = 0) -> frozenset[int]:
-    """The malicious partition ids: ``nodes`` as given, or ``round(fraction * N)``
-    partitions drawn with ``seed`` (the same set on every node)."""
+    """The malicious partition ids: ``nodes`` as given, or ``fraction * N`` (rounded half
+    up) partitions drawn with ``seed`` (the same set on every node)."""
     if (nodes is None) == (fraction is None):
         raise ValueError("malicious_partitions: give exactly one of nodes= or fraction=")
     if nodes is not None:
@@ -84,7 +120,7 @@ def malicious_partitions(num_partitions: int, *, nodes: Iterable[int] | None = N
     assert fraction is not None
     if not (isinstance(fraction, int | float) and 0.0 <= fraction < 1.0):
         raise ValueError(f"malicious_partitions: fraction must lie in [0, 1), got {fraction!r}")
-    count = round(fraction * num_partitions)
+    count = _attacker_count(fraction, num_partitions)
     return frozenset(random.Random(seed).sample(range(num_partitions), count))
 
 
@@ -117,7 +153,8 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
         attack: an attack name (``"alie"``), a mapping ``{"name": "alie", "z": 1.5}``, or
             an attack object. Its parameters are validated now.
         nodes: malicious partition ids (``node_config["partition-id"]``), or
-        fraction: the share of partitions that are malicious (drawn with ``seed``).
+        fraction: the share of partitions that are malicious (``fraction * N`` rounded half
+            up, drawn with ``seed``; a warning is logged when that is none).
         seed: seeds the choice of partitions and randomised attacks.
         view: ``"omniscient"``, ``"colluders"`` or ``"own"`` (what colluding attacks see).
         rule: the server's aggregation rule (a rule, a rule name or ``{"name": ..., **args}``)
@@ -139,6 +176,11 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
         raise ValueError("malicious_clientapp: give exactly one of nodes= or fraction=")
     if fraction is not None:
         malicious_partitions(2, fraction=fraction)  # validates the fraction
+    # Which nodes' honest models the attack reads: none, the attackers' or everyone's.
+    shares = isinstance(template, ModelPoisoningAttack) and (
+        template.uses_targets_models and view != "own")
+    shelf = _Shelf()
+    announced: set[int] = set()
     wrapped = ClientApp()
 
     def membership(context: Context) -> tuple[int, int, frozenset[int]]:
@@ -151,13 +193,18 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
                 "chosen by partition id (Flower's simulation sets partition-id and "
                 "num-partitions; in deployment pass them with --node-config)"
             ) from None
-        return partition, count, malicious_partitions(count, nodes=node_list,
-                                                      fraction=fraction, seed=seed)
+        bad = malicious_partitions(count, nodes=node_list, fraction=fraction, seed=seed)
+        if context.run_id not in announced:
+            announced.add(context.run_id)
+            _announce(template, bad, count, fraction, seed, view if shares else None)
+        return partition, count, bad
 
     @wrapped.train()
     def train(message: Message, context: Context) -> Message:
         partition, count, bad = membership(context)
         if partition not in bad:
+            if shares and view == "omniscient":
+                return _train_once(app, message, context, shelf.models(message, context))
             return app(message, context)
         attack_now = template if isinstance(attack, AttackBase) else _build_attack(
             attack, seed + 7919 * partition + _round_of(message))
@@ -165,8 +212,9 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
             with poisoned_dataloaders(attack_now):
                 return app(message, context)
         assert isinstance(attack_now, ModelPoisoningAttack)
+        models = shelf.models(message, context) if shares else None
         return _poisoned_reply(app, attack_now, message, context, partition, count, bad, view,
-                               server_rule)
+                               server_rule, models)
 
     @wrapped.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
@@ -177,6 +225,28 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
         return app(message, context)
 
     return wrapped
+
+
+def _announce(attack: AttackBase, bad: frozenset[int], count: int, fraction: float | None,
+              seed: int, view: str | None) -> None:
+    """Log, once per run and process, which attack runs on which partitions (a warning
+    when none is malicious)."""
+    chosen = (f"fraction={fraction}, seed={seed}" if fraction is not None
+              else "nodes= given")
+    seen = f", view {view!r}" if view is not None else ""
+    log(INFO, "malicious_clientapp: %d of num-partitions=%d partitions are malicious: %s "
+        "(%s); attack %r%s", len(bad), count, sorted(bad), chosen, attack, seen)
+    if bad:
+        return
+    if fraction is None:
+        log(WARNING, "malicious_clientapp: nodes= is empty, so no partition runs attack %r; "
+            "name at least one partition id in 0..%d", attack.name, count - 1)
+    else:
+        log(WARNING, "malicious_clientapp: fraction=%s of num-partitions=%d rounds to 0 "
+            "malicious partitions, so no node runs attack %r; the smallest fraction that "
+            "gives one attacker is %s (pass fraction >= %s, or nodes=[...])", fraction,
+            count, attack.name, smallest_attacking_fraction(count),
+            smallest_attacking_fraction(count))
 
 
 def _round_of(message: Message) -> int:
@@ -195,27 +265,122 @@ def _single_arrays(content: RecordDict, what: str) -> tuple[str, ArrayRecord]:
     return items[0]
 
 
+@dataclass
+class _Trained:
+    """One partition's honest training on a round's train message.
+
+    ``reply`` is the content the app returned to a simulated node (fresh state, the
+    ``node_config`` kept here), ``None`` for a real node's training (already sent);
+    ``vector`` the model, flattened (``None`` if it does not fit the global model).
+    """
+
+    vector: torch.Tensor | None
+    reply: RecordDict | None = None
+    node_config: dict[str, Any] | None = None
+
+    def replayable_for(self, context: Context) -> bool:
+        """Whether a real node with ``context`` would compute exactly this reply: its state
+        is empty like the simulated one, and its node config is the one simulated."""
+        return self.reply is not None and len(context.state) == 0 and (
+            self.node_config == dict(context.node_config))
+
+
+class _Shelf:
+    """The honest models trained in this process for the latest train messages of the
+    current round (one wrapper's; a new round or run empties it)."""
+
+    def __init__(self) -> None:
+        self._round: tuple[int, int] | None = None
+        self._messages: OrderedDict[str, dict[int, _Trained]] = OrderedDict()
+
+    def models(self, message: Message, context: Context) -> dict[int, _Trained]:
+        """The partitions trained on ``message`` (same content and run config) so far."""
+        current = (context.run_id, _round_of(message))
+        if current != self._round:
+            self._round = current
+            self._messages.clear()
+        key = _content_digest(message.content, context.run_config)
+        if key not in self._messages:
+            self._messages[key] = {}
+            while len(self._messages) > _KEPT_MESSAGES:
+                self._messages.popitem(last=False)
+        return self._messages[key]
+
+
+def _content_digest(content: RecordDict, run_config: Mapping[str, Any]) -> str:
+    """SHA-256 of a message's records and the run config: equal digests mean the app
+    receives the same input. (Flower's ``RecordDict.object_id`` would do this too, but it
+    leaves memoryviews in the records that ``copy.deepcopy`` cannot copy.)"""
+    hasher = hashlib.sha256(repr(sorted(run_config.items())).encode())
+    for name, record in sorted(content.items()):
+        hasher.update(f"\0{name}\0{type(record).__name__}".encode())
+        if isinstance(record, ArrayRecord):
+            for key, array in record.items():
+                hasher.update(f"\0{key}\0{array.dtype}\0{array.shape}\0{array.stype}".encode())
+                hasher.update(array.data)
+        else:
+            hasher.update(repr(sorted(record.items())).encode())
+    return hasher.hexdigest()
+
+
+def _model_vector(content: RecordDict, layout: ModelLayout) -> torch.Tensor | None:
+    """The one model in ``content`` as a vector, ``None`` if it does not fit ``layout``."""
+    if len(content.array_records) != 1:
+        return None
+    (arrays,) = content.array_records.values()
+    return layout.to_vector(arrays) if layout.mismatch(arrays) is None else None
+
+
+def _layout_of(message: Message) -> ModelLayout | None:
+    records = list(message.content.array_records.values())
+    return ModelLayout.of(records[0]) if len(records) == 1 else None
+
+
+def _train_once(app: ClientApp, message: Message, context: Context,
+                trained: dict[int, _Trained]) -> Message:
+    """This node's honest reply: replayed if an attacker already trained this partition on
+    this message (and replay cannot differ, see :class:`_Trained`), else trained now and
+    its model kept for the attackers."""
+    partition = int(context.node_config["partition-id"])
+    known = trained.get(partition)
+    if known is not None and known.replayable_for(context):
+        assert known.reply is not None
+        return Message(copy.deepcopy(known.reply), reply_to=message)
+    layout = _layout_of(message)
+    reply = app(message, context)
+    if known is None and layout is not None and not reply.has_error():
+        trained[partition] = _Trained(_model_vector(reply.content, layout))
+    return reply
+
+
 def _poisoned_reply(app: ClientApp, attack: ModelPoisoningAttack, message: Message,
                     context: Context, partition: int, count: int, bad: frozenset[int],
-                    view: str, rule: Rule | None) -> Message:
-    """Train honestly, then send the attack's model instead of the trained one."""
-    reply = app(copy_message(message), context)
+                    view: str, rule: Rule | None,
+                    trained: dict[int, _Trained] | None) -> Message:
+    """Train honestly, then send the attack's model instead of the trained one.
+
+    ``trained`` holds the honest models of this round's message already known in this
+    process (``None``: the attack reads no other node's model)."""
+    _, global_arrays = _single_arrays(message.content, "train message")
+    layout = ModelLayout.of(global_arrays)
+    previous = layout.to_vector(global_arrays)
+    fresh = copy_message(message)
+    reply = app(fresh, context) if trained is None else _train_once(app, fresh, context,
+                                                                    trained)
     if reply.has_error():
         return reply
-    _, global_arrays = _single_arrays(message.content, "train message")
-    key, trained = _single_arrays(reply.content, "honest reply")
-    layout = ModelLayout.of(global_arrays)
-    problem = layout.mismatch(trained)
+    key, own_arrays = _single_arrays(reply.content, "honest reply")
+    problem = layout.mismatch(own_arrays)
     if problem is not None:
         raise ValueError(f"malicious_clientapp: the honest reply's model differs from the "
                          f"global model: {problem}")
-    previous = layout.to_vector(global_arrays)
-    own = layout.to_vector(trained)
-    if view == "own" or not attack.uses_targets_models:
+    own = layout.to_vector(own_arrays)
+    if trained is None:
         honest = own.unsqueeze(0)
     else:
         who = (sorted(set(range(count)) - bad) if view == "omniscient" else sorted(bad))
-        models = _view_models(app, message, context, who, layout, {partition: own})
+        models = _view_models(app, message, context, who, layout, trained)
+        models.setdefault(partition, own)
         honest = torch.stack([models[p] for p in who if p in models]) if models else (
             own.unsqueeze(0))
     crafted = _craft(attack, own, previous, honest, n_total=count, n_byzantine=len(bad),
@@ -225,23 +390,12 @@ def _poisoned_reply(app: ClientApp, attack: ModelPoisoningAttack, message: Messa
 
 
 def _view_models(app: ClientApp, message: Message, context: Context, partitions: list[int],
-                 layout: ModelLayout, known: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """The honest models of ``partitions`` this round, trained once per process."""
-    _, global_arrays = _single_arrays(message.content, "train message")
-    digest = hashlib.sha256(layout.to_vector(global_arrays).numpy().tobytes()).hexdigest()
-    # The same global model can reach different apps or configs in one process (tests,
-    # notebooks, LocalGrid runs): they must not share honest models.
-    cache_key = (id(app), context.run_id, _round_of(message), digest,
-                 tuple(sorted(context.run_config.items())))
-    models = _VIEW_CACHE.get(cache_key)
-    if models is None:
-        _VIEW_CACHE.clear()
-        models = _VIEW_CACHE.setdefault(cache_key, {})
+                 layout: ModelLayout, trained: dict[int, _Trained]) -> dict[int, torch.Tensor]:
+    """The honest models of ``partitions`` on ``message``: those in ``trained``, the others
+    trained now on the node's behalf (a fresh ``Context`` with its partition id) and kept
+    in ``trained`` for the rest of the round."""
     for partition in partitions:
-        if partition in models:
-            continue
-        if partition in known:
-            models[partition] = known[partition]
+        if partition in trained:
             continue
         peer = Context(run_id=context.run_id, node_id=context.node_id,
                        node_config={**context.node_config, "partition-id": partition},
@@ -252,10 +406,17 @@ def _view_models(app: ClientApp, message: Message, context: Context, partitions:
             continue
         if peer_reply.has_error():
             continue
-        _, arrays = _single_arrays(peer_reply.content, "honest reply")
-        if layout.mismatch(arrays) is None:
-            models[partition] = layout.to_vector(arrays)
-    return {p: models[p] for p in partitions if p in models}
+        stateless = len(peer.state) == 0
+        trained[partition] = _Trained(
+            _model_vector(peer_reply.content, layout),
+            reply=peer_reply.content if stateless else None,
+            node_config=dict(peer.node_config))
+    models = {}
+    for partition in partitions:
+        vector = trained[partition].vector if partition in trained else None
+        if vector is not None:
+            models[partition] = vector
+    return models
 
 
 def _craft(attack: ModelPoisoningAttack, own: torch.Tensor, previous: torch.Tensor,

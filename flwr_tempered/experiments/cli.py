@@ -6,7 +6,8 @@ and prints its numbers (nodes, Byzantine nodes, spectral gap, largest Byzantine 
 optionally drawing it; ``flwr-tempered run`` runs a decentralized training;
 ``flwr-tempered ledger verify|show PATH`` checks and reads a run's ledger;
 ``flwr-tempered reproduce [EXPERIMENT]`` and ``flwr-tempered plot EXPERIMENT`` run and
-draw the seed papers' experiments.
+draw the seed papers' experiments; ``flwr-tempered new APP`` writes a ready Flower app with
+a robust strategy (and optionally an attack).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .ledger_cli import add_ledger_parser, run_ledger_command
+from .new_app import add_new_parser, run_new_command
 from .reproduce.cli import add_reproduce_parsers, run_reproduce_command
 
 #: The engines ``flwr-tempered run --engine`` offers.
@@ -340,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     topo.add_argument("--plot", metavar="PNG", help="also draw the topology to this PNG file")
     add_ledger_parser(commands)
     add_reproduce_parsers(commands)
+    add_new_parser(commands)
     return parser
 
 
@@ -361,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_ledger_command(args)
         elif args.command in ("reproduce", "plot"):
             return run_reproduce_command(args)
+        elif args.command == "new":
+            return run_new_command(args)
         elif args.command == "topology":
             params = parse_key_values(args.topology_arg, "--topology-arg")
             _describe_topology(args.name, params, args.plot)

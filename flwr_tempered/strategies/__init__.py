@@ -5,6 +5,9 @@ Server-assisted (drop-in replacements for ``flwr.serverapp.strategy.FedAvg``): t
 :class:`Median`, :class:`TrimmedMean`, :class:`GeometricMedian`, :class:`Krum`,
 :class:`MultiKrum`, :class:`Bulyan`, :class:`CenteredClipping`, :class:`NNMRobust` and
 :class:`FLTrust`.
+:func:`robust` gives any other Flower strategy built on ``FedAvg``'s mean (``FedAdam``,
+``FedYogi``, ``FedAdagrad``, ``FedAvgM``, ``FedProx``, a subclass of your own) a robust rule;
+:func:`make_flower_strategy` builds them by name (``"fedadam+median"``).
 
 Decentralized: :class:`DecentralizedStrategy` (neighbour exchange over a Grid).
 """
@@ -23,8 +26,10 @@ from .robust_named import (
     NNMRobust,
     TrimmedMean,
 )
+from .robust_wrapper import FLOWER_STRATEGIES, make_flower_strategy, robust
 
 __all__ = [
+    "FLOWER_STRATEGIES",
     "SERVER_STRATEGIES",
     "Bulyan",
     "CenteredClipping",
@@ -38,5 +43,7 @@ __all__ = [
     "RobustFedAvg",
     "TrimmedMean",
     "available_server_strategies",
+    "make_flower_strategy",
     "make_server_strategy",
+    "robust",
 ]

@@ -3,7 +3,10 @@
 
 Where Flower has a strategy of the same rule (``FedMedian``, ``FedTrimmedAvg``, ``Krum``,
 ``MultiKrum``, ``Bulyan``) the parameters keep Flower's names and meaning
-(``num_malicious_nodes``, ``num_nodes_to_select``, ``beta``), so the swap is a rename.
+(``num_malicious_nodes``, ``num_nodes_to_select``, ``beta``, ``selection_rule``), so the
+swap is a rename, and their messages use those names. The strategies with a Byzantine budget
+check it against the clients sampled per round before the first round (see
+:mod:`flwr_tempered.strategies.robust_fedavg`).
 
 References: median and trimmed mean, Yin et al. (ICML 2018); geometric median / RFA,
 Pillutla et al. (IEEE TSP 2022); Krum and Multi-Krum, Blanchard et al. (NeurIPS 2017);
@@ -17,9 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ArrayRecord
+from flwr.serverapp.strategy.multikrum import select_multikrum
 from torch import Tensor
 
 from flwr_tempered import aggregators
+from flwr_tempered.aggregators.base import check_int_at_least
 
 from .robust_fedavg import RobustFedAvg, RuleSpec
 
@@ -40,7 +45,7 @@ class Median(RobustFedAvg):
     """Coordinate-wise median of the clients' models (Flower's ``FedMedian``)."""
 
     def __init__(self, **fedavg_options: Any) -> None:
-        super().__init__(aggregators.Median(), **fedavg_options)
+        super().__init__("median", **fedavg_options)
 
 
 class TrimmedMean(RobustFedAvg):
@@ -49,13 +54,17 @@ class TrimmedMean(RobustFedAvg):
     Args:
         beta: fraction cut from each tail, ``int(beta * n)`` models of the ``n`` replies
             (Flower's meaning; default 0.2). Ignored when ``b`` is given.
-        b: a fixed number of models cut from each tail instead.
+        b: a fixed number of models cut from each tail instead (needs ``2b < n`` clients
+            per round).
     """
 
     def __init__(self, beta: float = 0.2, b: int | None = None, **fedavg_options: Any) -> None:
         if b is None and not (isinstance(beta, int | float) and 0.0 <= beta < 0.5):
             raise ValueError(f"TrimmedMean: beta must lie in [0, 0.5), got {beta!r}")
-        super().__init__(aggregators.TrimmedMean(b=0 if b is None else b), **fedavg_options)
+        if b is not None:
+            check_int_at_least("TrimmedMean", "b", b, 0)
+        super().__init__({"name": "trimmed_mean", "b": 0 if b is None else b},
+                         **fedavg_options)
         self.beta = beta
         self.b = b
 
@@ -74,44 +83,95 @@ class GeometricMedian(RobustFedAvg):
     """Geometric median by smoothed Weiszfeld iterations (RFA)."""
 
     def __init__(self, iterations: int = 8, nu: float = 0.1, **fedavg_options: Any) -> None:
-        super().__init__(aggregators.GeometricMedian(iterations=iterations, nu=nu),
+        super().__init__({"name": "geometric_median", "iterations": iterations, "nu": nu},
                          **fedavg_options)
+
+
+def _check_num_malicious_nodes(owner: str, num_malicious_nodes: int) -> None:
+    """Raise ``ValueError`` unless ``num_malicious_nodes`` is an integer >= 0."""
+    check_int_at_least(owner, "num_malicious_nodes", num_malicious_nodes, 0)
 
 
 class MultiKrum(RobustFedAvg):
     """Multi-Krum: average the ``num_nodes_to_select`` models with the best Krum scores,
-    weighted by ``weighted_by_key`` (Flower's ``MultiKrum``). Needs ``n >= 2f + 3``."""
+    weighted by ``weighted_by_key`` (Flower's ``MultiKrum``). Needs at least
+    ``2 * num_malicious_nodes + 3`` clients per round, and ``num_nodes_to_select`` at most
+    the clients minus ``num_malicious_nodes``; a sampling that gives fewer raises
+    ``ValueError`` before the first round."""
 
     def __init__(self, num_malicious_nodes: int = 0, num_nodes_to_select: int = 1,
                  **fedavg_options: Any) -> None:
-        super().__init__(aggregators.MultiKrum(f=num_malicious_nodes, m=num_nodes_to_select),
-                         **fedavg_options)
+        _check_num_malicious_nodes(type(self).__name__, num_malicious_nodes)
+        check_int_at_least(type(self).__name__, "num_nodes_to_select", num_nodes_to_select, 1)
+        super().__init__({"name": "multi_krum", "f": num_malicious_nodes,
+                          "m": num_nodes_to_select}, **fedavg_options)
         self.num_malicious_nodes = num_malicious_nodes
         self.num_nodes_to_select = num_nodes_to_select
 
 
 class Krum(RobustFedAvg):
-    """Krum: the single model with the best Krum score (Flower's ``Krum``)."""
+    """Krum: the single model with the best Krum score (Flower's ``Krum``). Needs at least
+    ``2 * num_malicious_nodes + 3`` clients per round."""
 
     def __init__(self, num_malicious_nodes: int = 0, **fedavg_options: Any) -> None:
-        super().__init__(aggregators.Krum(f=num_malicious_nodes), **fedavg_options)
+        _check_num_malicious_nodes(type(self).__name__, num_malicious_nodes)
+        super().__init__({"name": "krum", "f": num_malicious_nodes}, **fedavg_options)
         self.num_malicious_nodes = num_malicious_nodes
+
+
+#: ``Bulyan``'s selection rules: the name given -> the rule's ``selection``.
+BULYAN_SELECTIONS = {"repeated": "repeated", "multi_krum": "multi_krum"}
+
+
+def _bulyan_selection(selection_rule: str | Callable[..., Any] | None,
+                      selection: str | None) -> str:
+    """The ``selection`` of the Bulyan rule for Flower's ``selection_rule`` (or the older
+    ``selection``); ``ValueError`` for anything else."""
+    if selection_rule is not None and selection is not None:
+        raise ValueError("Bulyan: give selection_rule only (selection is its older name), "
+                         f"got selection_rule={selection_rule!r} and selection={selection!r}")
+    chosen = selection if selection_rule is None else selection_rule
+    if chosen is None:
+        return "repeated"
+    if chosen is select_multikrum:
+        return "multi_krum"
+    if isinstance(chosen, str) and chosen in BULYAN_SELECTIONS:
+        return BULYAN_SELECTIONS[chosen]
+    shown = getattr(chosen, "__name__", repr(chosen))
+    raise ValueError(
+        f"Bulyan: selection_rule must be 'repeated' (the paper's repeated Krum), "
+        f"'multi_krum' or Flower's select_multikrum (one Multi-Krum pass, Flower's "
+        f"default), got {shown}; a selection function over reply contents is not supported "
+        "because the rule selects among the stacked models: write a Rule and pass it to "
+        "RobustFedAvg instead"
+    )
 
 
 class Bulyan(RobustFedAvg):
-    """Bulyan (needs ``n >= 4f + 3`` replies; with fewer, the round keeps the global model).
+    """Bulyan (Flower's ``Bulyan``). Needs at least ``4 * num_malicious_nodes + 3``
+    clients per round; a sampling that gives fewer raises ``ValueError`` before the first
+    round.
 
     Args:
-        num_malicious_nodes: ``f``.
-        selection: ``"repeated"`` (the paper: Krum re-run after each pick) or
-            ``"multi_krum"`` (one pass, the ``theta`` best scores: Flower's ``Bulyan``).
+        num_malicious_nodes: the Byzantine budget.
+        selection_rule: how the ``n - 2 * num_malicious_nodes`` models are picked before
+            the coordinate-wise trimming: ``"repeated"`` (default, the paper: Krum re-run
+            after each pick), or ``"multi_krum"`` / Flower's
+            ``flwr.serverapp.strategy.multikrum.select_multikrum`` (one pass, the best
+            Multi-Krum scores: what Flower's ``Bulyan`` does by default). ``None`` is the
+            default. Other selection functions raise ``ValueError``.
+        selection: the older name of ``selection_rule`` (same values).
     """
 
-    def __init__(self, num_malicious_nodes: int = 0, selection: str = "repeated",
-                 **fedavg_options: Any) -> None:
-        super().__init__(aggregators.Bulyan(f=num_malicious_nodes, selection=selection),
+    def __init__(self, num_malicious_nodes: int = 0,
+                 selection_rule: str | Callable[..., Any] | None = None, *,
+                 selection: str | None = None, **fedavg_options: Any) -> None:
+        _check_num_malicious_nodes(type(self).__name__, num_malicious_nodes)
+        chosen = _bulyan_selection(selection_rule, selection)
+        super().__init__({"name": "bulyan", "f": num_malicious_nodes, "selection": chosen},
                          **fedavg_options)
         self.num_malicious_nodes = num_malicious_nodes
+        self.selection_rule = chosen
 
 
 class CenteredClipping(RobustFedAvg):
@@ -120,17 +180,20 @@ class CenteredClipping(RobustFedAvg):
     difference): pick it from the size of honest updates."""
 
     def __init__(self, tau: float, iterations: int = 1, **fedavg_options: Any) -> None:
-        super().__init__(aggregators.CenteredClipping(tau=tau, iterations=iterations),
+        super().__init__({"name": "centered_clipping", "tau": tau, "iterations": iterations},
                          **fedavg_options)
 
 
 class NNMRobust(RobustFedAvg):
     """Nearest-neighbour mixing, then ``rule``: each client's model is replaced by the mean
-    of its ``n - f`` nearest models before ``rule`` aggregates them."""
+    of its ``n - num_malicious_nodes`` nearest models before ``rule`` aggregates them.
+    Needs at least ``2 * num_malicious_nodes + 1`` clients per round (and what ``rule``
+    needs)."""
 
     def __init__(self, num_malicious_nodes: int, rule: RuleSpec = "mean",
                  **fedavg_options: Any) -> None:
-        super().__init__(aggregators.NearestNeighborMixing(f=num_malicious_nodes, inner=rule),
+        _check_num_malicious_nodes(type(self).__name__, num_malicious_nodes)
+        super().__init__({"name": "nnm", "f": num_malicious_nodes, "inner": rule},
                          **fedavg_options)
         self.num_malicious_nodes = num_malicious_nodes
 

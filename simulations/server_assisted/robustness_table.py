@@ -34,9 +34,16 @@ from flwr_tempered.runtime.local_grid import run_locally  # noqa: E402
 
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "geometric_median", "multi_krum",
               "bulyan", "centered_clipping", "nnm", "fltrust", "mda", "smea", "monna",
-              "meamed", "caf", "arc", "static_clipping")
+              "meamed", "caf", "arc", "static_clipping",
+              # Flower's FedAdam (its defaults: eta 0.1, beta_1 0.9, beta_2 0.99, tau 1e-3)
+              # and robust(FedAdam(), rule="median"): the server-optimizer path.
+              "fedadam", "fedadam+median")
 ATTACKS = ("none", "label_flip", "backdoor", "gaussian", "sign_flip", "alie", "ipm",
-           "fang_trim", "fang_krum", "min_max", "min_sum")
+           "fang_trim", "fang_krum", "min_max", "min_sum", "mimic", "optimal_alie",
+           "optimal_ipm", "inf")
+#: ByzFL's attacks, added after the suite's matrix was sized; the suite runs them against
+#: a few strategies and the end-to-end step against every one.
+BYZFL_ATTACKS = ("mimic", "optimal_alie", "optimal_ipm", "inf")
 NUM_NODES = 10
 #: Strategy settings for 10 clients with 2 attackers.
 STRATEGY_ARGS: dict[str, dict[str, Any]] = {

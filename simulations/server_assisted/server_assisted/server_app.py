@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from flwr_tempered.strategies import make_server_strategy
+from flwr_tempered.strategies import FLOWER_STRATEGIES, make_flower_strategy, make_server_strategy
 from server_assisted.task import Net, root_loader, test, test_loader, train
 
 app = ServerApp()
@@ -45,7 +45,9 @@ def root_trainer(samples: int, epochs: int, lr: float, seed: int,  # type: ignor
 
 
 def build_strategy(context: Context) -> FedAvg:
-    """The strategy named by the run config (``fedavg`` is Flower's own)."""
+    """The strategy named by the run config (``fedavg`` is Flower's own; ``fedadam`` and
+    Flower's other optimizers too, and ``fedadam+median`` is ``robust(FedAdam(...),
+    rule="median")``, its rule settings in ``rule_args``)."""
     cfg = context.run_config
     options = json.loads(str(cfg["strategy-args"]))
     name = str(cfg["strategy"])
@@ -53,8 +55,10 @@ def build_strategy(context: Context) -> FedAvg:
         options.setdefault("root_train_fn", root_trainer(
             int(cfg["root-samples"]), int(cfg["root-epochs"]), float(cfg["lr"]),
             int(cfg["seed"]), str(cfg["model"])))
-    return make_server_strategy(name, fraction_train=float(cfg["fraction-train"]),
-                                fraction_evaluate=0.0, **options)
+    by_name = (make_flower_strategy if name.partition("+")[0] in FLOWER_STRATEGIES
+               else make_server_strategy)
+    return by_name(name, fraction_train=float(cfg["fraction-train"]), fraction_evaluate=0.0,
+                   **options)
 
 
 @app.main()
