@@ -168,6 +168,13 @@ EXERCISES: dict[str, Exercise] = {
         Exercise("covered", test="tests/test_dynamic_topology.py::"
                                  "test_the_command_line_runs_a_time_varying_topology"),
     "flwr-tempered topology NAME": Exercise("name"),
+    "flwr-tempered new my-app --strategy multi_krum --attack alie && "
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run my-app --stream "
+    "--federation-config \"num-supernodes=10\"": Exercise(
+        "covered", test="tests/test_new_app.py::test_flwr_run_of_a_written_app"),
+    "flwr-tempered new APP": Exercise("name"),
+    "python benchmarks/attacked_clients.py --attacks none,alie,ipm,min_max,fang_krum":
+        Exercise("shortened", "--rounds 1 --repeats 1"),
     # Performance
     "python benchmarks/aggregators.py": Exercise(
         "covered", test="tests/test_benchmarks.py::"

@@ -1178,3 +1178,22 @@ def test_summary_tree_closes_every_branch_and_names_weights_only_where_used(
     text = "\n".join(lines)
     assert ("Weighted by: 'num-examples'" in text) is weighted
     assert ("Metrics averaged by: 'num-examples'" in text) is not weighted
+
+
+def test_a_filter_that_lets_no_reply_in_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """BALANCE with a radius no reply can enter keeps the global model: a warning, every
+    such round, instead of a run that only looks like training."""
+    rng = np.random.default_rng(3)
+    global_model = random_model(rng, centre=1.0)
+    strategy = ours.RobustFedAvg({"name": "balance", "total_rounds": 5, "gamma": 1e-9})
+    with flower_log(caplog):
+        arrays, _ = aggregate(strategy, random_replies(4, seed=4), global_model)
+    assert arrays is not None
+    assert_same_model(arrays, record_of(global_model))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("accepted none of the 4 replies in round 1" in w for w in warnings), warnings
+    caplog.clear()
+    wide = ours.RobustFedAvg({"name": "balance", "total_rounds": 5, "gamma": 1e9})
+    with flower_log(caplog):
+        aggregate(wide, random_replies(4, seed=4), global_model)
+    assert not any("accepted none" in r.getMessage() for r in caplog.records)
