@@ -12,6 +12,7 @@ data counts for no run. Run from the repository root::
 
     python benchmarks/attacked_clients.py                     # none, alie; 3 rounds
     python benchmarks/attacked_clients.py --attacks none,alie,min_max --rounds 2
+    python benchmarks/attacked_clients.py --fraction-train 0.5   # Flower's template sampling
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from flwr_tempered.runtime.local_grid import run_locally  # noqa: E402
 NUM_NODES = 10
 
 
-def measure(attack: str, strategy: str, rounds: int, model: str, out: Path) -> dict[str, Any]:
+def measure(attack: str, strategy: str, rounds: int, model: str, out: Path,
+            fraction_train: float = 1.0) -> dict[str, Any]:
     """One in-process run: wall and CPU seconds, honest trainings, final accuracy."""
     trainings = 0
     honest_train = client_module.train
@@ -53,7 +55,8 @@ def measure(attack: str, strategy: str, rounds: int, model: str, out: Path) -> d
         config = dict(tomllib.load(file)["tool"]["flwr"]["app"]["config"])
     results = out / f"{strategy}-{attack}.json"
     config.update({"strategy": strategy, "attack": attack, "num-server-rounds": rounds,
-                   "model": model, "results": str(results)})
+                   "model": model, "results": str(results),
+                   "fraction-train": fraction_train})
     client_module.train = counted
     try:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -72,6 +75,9 @@ def main() -> None:
     parser.add_argument("--strategy", default="median")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--fraction-train", type=float, default=1.0,
+                        help="FedAvg's fraction of the SuperNodes sampled per round (the "
+                             "omniscient view still trains every honest partition)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs per attack; the table shows the one of least CPU time")
     parser.add_argument("--threads", type=int, default=1,
@@ -85,11 +91,11 @@ def main() -> None:
     samples: dict[str, list[dict[str, Any]]] = {attack: [] for attack in attacks}
     with tempfile.TemporaryDirectory() as out:
         # The first run in a process pays for loading the data and warming torch up.
-        measure("none", args.strategy, 1, args.model, Path(out))
+        measure("none", args.strategy, 1, args.model, Path(out), args.fraction_train)
         for _ in range(args.repeats):  # interleaved, so a burst of load hits every attack
             for attack in attacks:
                 samples[attack].append(measure(attack, args.strategy, args.rounds,
-                                               args.model, Path(out)))
+                                               args.model, Path(out), args.fraction_train))
                 print(samples[attack][-1], file=sys.stderr, flush=True)
     rows = [min(samples[attack], key=lambda row: row["cpu_s"]) for attack in attacks]
     clean = next((row for row in rows if row["attack"] == "none"), None)

@@ -77,10 +77,10 @@ def import_from() -> Iterator[Callable[[Path], None]]:
     ("my_app", [], "Can only contain letters, digits, and hyphens"),
     ("a" * 33, [], "Must be no longer than 32 characters"),
     ("torch", [], "would shadow the installed module"),
-    ("my-app", ["--strategy", "fedmedian"], "unknown strategy 'fedmedian'; choose one of fedavg, "
-                                            "median, trimmed_mean"),
+    ("my-app", ["--strategy", "fedmedian"],
+     "strategy 'fedmedian' is unknown; choose one of fedavg, median, trimmed_mean"),
     ("my-app", ["--attack", "flood"], "unknown attack 'flood'; choose 'none' or one of alie"),
-    ("my-app", ["--strategy", "mozi"], "loss function on the server"),
+    ("my-app", ["--strategy", "mozi"], "strategy 'mozi' has no server form"),
     ("my-app", ["--supernodes", "0"], "supernodes must be an integer >= 1, got 0"),
     ("my-app", ["--attack", "alie", "--supernodes", "2"], "20% of 2 SuperNodes rounds to no "
                                                           "attacker"),

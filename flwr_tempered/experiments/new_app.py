@@ -134,11 +134,13 @@ def fitting_settings(name: str, sampled: int, attackers: int) -> dict[str, Any]:
     rule used through ``RobustFedAvg`` they are the rule's settings (under ``"rule"``).
     A value of type ``_Code`` is the name of something defined in the app.
     """
-    from flwr_tempered.aggregators import rule_parameters
+    from flwr_tempered.aggregators import available_rules, rule_parameters
     from flwr_tempered.strategies import SERVER_STRATEGIES, available_server_strategies
 
     if name not in available_server_strategies():
-        raise ValueError(f"unknown strategy {name!r}; choose one of "
+        what = ("has no server form (it is decentralized only: it needs each node's own "
+                "model or data)" if name in available_rules() else "is unknown")
+        raise ValueError(f"strategy {name!r} {what}; choose one of "
                          f"{', '.join(available_server_strategies())}")
     krum_budget = _budget(attackers, (sampled - 3) // 2)
     named: dict[str, dict[str, Any]] = {
@@ -152,13 +154,8 @@ def fitting_settings(name: str, sampled: int, attackers: int) -> dict[str, Any]:
     }
     if name in SERVER_STRATEGIES:
         return named.get(name, {})
-    parameters = rule_parameters(name)
-    if "loss_fn" in parameters:
-        raise ValueError(f"strategy {name!r} scores the clients' models with a loss function "
-                         "on the server (the rule's loss_fn), which a written app does not "
-                         "have; choose another strategy")
     rule: dict[str, Any] = {"name": name, **_RULE_SETTINGS.get(name, {})}
-    for parameter, default in parameters.items():
+    for parameter, default in rule_parameters(name).items():
         if default is not inspect.Parameter.empty or parameter in rule:
             continue
         if parameter == "f":
