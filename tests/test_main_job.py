@@ -35,6 +35,10 @@ def test_the_repository_apps_run_config_is_the_default_run() -> None:
     app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     app = {key: value for key, value in app.items() if key != "out"}
     assert RunConfig.from_mapping(app) == RunConfig()
+    # ``flwr run . --run-config "rule='median'"`` must not hand BALANCE's settings to the
+    # median (the deployment test does exactly this).
+    assert dict(RunConfig.from_mapping({**app, "rule": "median"}).rule_args) == {}
+    assert dict(RunConfig.from_mapping({**app, "rule-args": "{}"}).rule_args) == {}
 
 
 def test_local_keeps_its_own_model_and_accepts_nothing() -> None:

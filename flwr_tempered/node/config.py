@@ -220,6 +220,11 @@ class RunConfig:
                 raise ValueError(
                     f"unknown run config key {raw_key!r}; valid keys: {', '.join(sorted(known))}"
                 )
+            if key == "rule_args" and isinstance(value, str) and not value.strip():
+                # Not given: the rule's defaults of the default run, whichever rule a
+                # ``--run-config "rule='median'"`` override names.
+                kwargs[key] = _RuleDefaults()
+                continue
             if (key.endswith("_args") or key == "faults") and isinstance(value, str):
                 try:
                     value = json.loads(value) if value.strip() else {}
