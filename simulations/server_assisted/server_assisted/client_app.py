@@ -8,7 +8,6 @@ config names an attack, a share of the nodes run it, through flwr-tempered's
 from __future__ import annotations
 
 import json
-from functools import cache
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from flwr_tempered.aggregators import Rule, get_rule
 from flwr_tempered.attacks import attack_class
 from flwr_tempered.clients import malicious_clientapp
-from flwr_tempered.strategies import RobustFedAvg, make_server_strategy
+from flwr_tempered.strategies import RobustFedAvg
 from server_assisted.task import Net, load_data, test, train
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,33 +58,38 @@ def honest_evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def _server_rule(strategy: str, strategy_args: str, num_partitions: int) -> Rule:
+def _server_rule(context: Context, num_partitions: int) -> Rule:
     """The rule of the run's server strategy, for attacks that run it (``optimal_alie``,
-    ``optimal_ipm``); Flower's FedAvg averages."""
-    built = make_server_strategy(strategy, **json.loads(strategy_args))
+    ``optimal_ipm``), built as the ServerApp builds it (FLTrust's root trainer included);
+    Flower's FedAvg and its optimizers average."""
+    from server_assisted.server_app import build_strategy
+
+    built = build_strategy(context)
     if isinstance(built, RobustFedAvg):
         return built.rule_for_round(num_partitions)
     return get_rule("mean")
 
 
-@cache
-def _app_for(attack: str, attack_args: str, fraction: float, view: str, seed: int,
-             strategy: str, strategy_args: str, num_partitions: int) -> ClientApp:
-    if attack == "none":
-        return honest_app
-    spec = {"name": attack, **json.loads(attack_args)}
-    rule = (_server_rule(strategy, strategy_args, num_partitions)
-            if attack_class(attack).needs_rule else None)
-    return malicious_clientapp(honest_app, spec, fraction=fraction, seed=seed, view=view,
-                               rule=rule)
+#: The wrapped app of each run config and federation size (a wrapper keeps the round's
+#: honest models, so it must live as long as the run).
+_APPS: dict[tuple[Any, ...], ClientApp] = {}
 
 
 def _configured(context: Context) -> ClientApp:
     cfg = context.run_config
-    return _app_for(str(cfg["attack"]), str(cfg["attack-args"]),
-                    float(cfg["attack-fraction"]), str(cfg["attack-view"]), int(cfg["seed"]),
-                    str(cfg["strategy"]), str(cfg["strategy-args"]),
-                    int(context.node_config.get("num-partitions", 0)))
+    attack = str(cfg["attack"])
+    if attack == "none":
+        return honest_app
+    num_partitions = int(context.node_config.get("num-partitions", 0))
+    key = (tuple(sorted((k, str(v)) for k, v in cfg.items())), num_partitions)
+    if key not in _APPS:
+        spec = {"name": attack, **json.loads(str(cfg["attack-args"]))}
+        rule = (_server_rule(context, num_partitions)
+                if attack_class(attack).needs_rule else None)
+        _APPS[key] = malicious_clientapp(
+            honest_app, spec, fraction=float(cfg["attack-fraction"]), seed=int(cfg["seed"]),
+            view=str(cfg["attack-view"]), rule=rule)
+    return _APPS[key]
 
 
 app = ClientApp()
