@@ -33,6 +33,15 @@ run costs about what a clean one does (measured: README), instead of every attac
 retraining every honest partition. With Ray, each worker process keeps its own copy, so
 partitions can train once per process rather than once per run.
 
+With Flower's sampling (``fraction_train < 1``) the server aggregates only the sampled
+clients, so the omniscient view is the sampled honest clients' models. The robust
+strategies announce each round's sampled node ids in the train config
+(:mod:`flwr_tempered.strategies.sample_announcement`); the wrapper learns which partition
+each node id is from the messages it handles, and trains on the nodes' behalf only the
+sampled honest partitions (until it has seen every sampled node: the honest partitions not
+known to be unsampled). Without an announcement (a strategy that does not send one) the
+view is every honest partition, each trained once per round.
+
 On the first train message of a run, each process logs the attack (name and parameters)
 and the malicious partitions with Flower's logger, and warns when ``fraction`` gives no
 attacker at all.
@@ -73,6 +82,7 @@ from flwr_tempered.attacks import (
 )
 from flwr_tempered.runtime.local_grid import copy_message
 from flwr_tempered.strategies.records import ModelLayout
+from flwr_tempered.strategies.sample_announcement import announced_sample
 
 from .data_poisoning import poisoned_dataloaders
 
@@ -181,6 +191,8 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
         template.uses_targets_models and view != "own")
     shelf = _Shelf()
     announced: set[int] = set()
+    # run id -> node id -> partition id, of every node seen in this process.
+    partition_of: dict[int, dict[int, int]] = {}
     wrapped = ClientApp()
 
     def membership(context: Context) -> tuple[int, int, frozenset[int]]:
@@ -194,6 +206,7 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
                 "num-partitions; in deployment pass them with --node-config)"
             ) from None
         bad = malicious_partitions(count, nodes=node_list, fraction=fraction, seed=seed)
+        partition_of.setdefault(context.run_id, {})[context.node_id] = partition
         if context.run_id not in announced:
             announced.add(context.run_id)
             _announce(template, bad, count, fraction, seed, view if shares else None)
@@ -213,15 +226,25 @@ def malicious_clientapp(app: ClientApp, attack: AttackSpec | AttackBase, *,
                 return app(message, context)
         assert isinstance(attack_now, ModelPoisoningAttack)
         models = shelf.models(message, context) if shares else None
-        return _poisoned_reply(app, attack_now, message, context, partition, count, bad, view,
+        who = _view_partitions(view, count, bad, announced_sample(message.content),
+                               partition_of[context.run_id])
+        return _poisoned_reply(app, attack_now, message, context, partition, bad, who,
                                server_rule, models)
+
+    def remember(context: Context) -> None:
+        """Note which partition this node is (for views of a sampled round), if known."""
+        partition = context.node_config.get("partition-id")
+        if isinstance(partition, int) and not isinstance(partition, bool):
+            partition_of.setdefault(context.run_id, {})[context.node_id] = partition
 
     @wrapped.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
+        remember(context)
         return app(message, context)
 
     @wrapped.query()
     def query(message: Message, context: Context) -> Message:
+        remember(context)
         return app(message, context)
 
     return wrapped
@@ -353,14 +376,38 @@ def _train_once(app: ClientApp, message: Message, context: Context,
     return reply
 
 
+def _view_partitions(view: str, count: int, bad: frozenset[int],
+                     sampled: frozenset[int] | None, partition_of: Mapping[int, int]
+                     ) -> list[int]:
+    """The partitions whose honest models a colluding attack reads this round.
+
+    ``"colluders"``: the malicious partitions. ``"omniscient"``: the honest partitions the
+    server will aggregate. Without an announced sample (``sampled``: the round's sampled
+    node ids) that is every honest partition. With one, it is the sampled honest nodes'
+    partitions when this process has seen every sampled node (``partition_of``: node id ->
+    partition of the nodes seen so far); otherwise every honest partition not known to
+    belong to an unsampled node, a superset that shrinks to the sample as nodes are seen.
+    """
+    if view != "omniscient":
+        return sorted(bad)
+    honest = set(range(count)) - bad
+    if sampled is None:
+        return sorted(honest)
+    if all(node in partition_of for node in sampled):
+        return sorted(honest & {partition_of[node] for node in sampled})
+    ruled_out = {part for node, part in partition_of.items() if node not in sampled}
+    return sorted(honest - ruled_out)
+
+
 def _poisoned_reply(app: ClientApp, attack: ModelPoisoningAttack, message: Message,
-                    context: Context, partition: int, count: int, bad: frozenset[int],
-                    view: str, rule: Rule | None,
-                    trained: dict[int, _Trained] | None) -> Message:
+                    context: Context, partition: int, bad: frozenset[int], who: list[int],
+                    rule: Rule | None, trained: dict[int, _Trained] | None) -> Message:
     """Train honestly, then send the attack's model instead of the trained one.
 
     ``trained`` holds the honest models of this round's message already known in this
-    process (``None``: the attack reads no other node's model)."""
+    process (``None``: the attack reads no other node's model); ``who`` the partitions
+    whose models the attack reads (see :func:`_view_partitions`)."""
+    count = int(context.node_config["num-partitions"])
     _, global_arrays = _single_arrays(message.content, "train message")
     layout = ModelLayout.of(global_arrays)
     previous = layout.to_vector(global_arrays)
@@ -378,7 +425,6 @@ def _poisoned_reply(app: ClientApp, attack: ModelPoisoningAttack, message: Messa
     if trained is None:
         honest = own.unsqueeze(0)
     else:
-        who = (sorted(set(range(count)) - bad) if view == "omniscient" else sorted(bad))
         models = _view_models(app, message, context, who, layout, trained)
         models.setdefault(partition, own)
         honest = torch.stack([models[p] for p in who if p in models]) if models else (

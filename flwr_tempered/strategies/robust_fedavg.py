@@ -51,6 +51,7 @@ from flwr_tempered.aggregators.composition import PreAggregation
 from flwr_tempered.aggregators.krum import MultiKrum as MultiKrumRule
 
 from .records import ModelLayout, screen_replies
+from .sample_announcement import announce_sample as with_announced_sample
 
 __all__ = [
     "BUDGET_SETTINGS",
@@ -281,9 +282,16 @@ class RobustFedAvg(FedAvg):
             clients sampled per round (see :meth:`check_train_budget`).
 
     Attributes:
+        announce_sample: whether each train message tells the sampled clients the round's
+            sampled node ids (default ``True``; see
+            :mod:`flwr_tempered.strategies.sample_announcement`: it lets a simulated
+            colluding attack train only the sampled honest partitions).
         history: one entry per aggregated round: the round, how many replies were accepted
             and dropped (with reasons), and the rule's statistics (or why it was skipped).
     """
+
+    #: Tell the sampled clients the round's sample (see the class docstring).
+    announce_sample: bool = True
 
     def __init__(self, rule: RuleSpec = "mean", *, device: str | torch.device | None = None,
                  **fedavg_options: Any) -> None:
@@ -377,7 +385,8 @@ class RobustFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """``FedAvg``'s, after remembering ``arrays`` as this round's global model and
         checking the budget against the nodes connected now: the first round configured
-        raises ``ValueError`` when it does not fit, later ones warn."""
+        raises ``ValueError`` when it does not fit, later ones warn. The messages carry the
+        round's sample when :attr:`announce_sample` is set."""
         problem = train_budget_problem(type(self).__name__, self, self.rule_for_round,
                                        self.rule_settings(), len(list(grid.get_node_ids())))
         if problem is not None and not self._budget_checked:
@@ -386,7 +395,8 @@ class RobustFedAvg(FedAvg):
             log(WARNING, "configure_train: round %d: %s", server_round, problem)
         self._budget_checked = True
         self.set_global_model(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = super().configure_train(server_round, arrays, config, grid)
+        return with_announced_sample(messages) if self.announce_sample else messages
 
     def set_global_model(self, arrays: ArrayRecord) -> None:
         """Use ``arrays`` as the reference point and reply layout of the next aggregation
