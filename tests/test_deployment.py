@@ -1,5 +1,6 @@
 """The same ServerApp and ClientApp in Flower's deployment mode: a SuperLink and four
-SuperNodes on 127.0.0.1, the run submitted with ``flwr run``, models travelling inline.
+SuperNodes on 127.0.0.1, each with its peer (``flwr-tempered peer``), the run submitted
+with ``flwr run``; models travel inline through the SuperLink, then peer to peer.
 
 The test starts every process in its own process group and stops exactly those groups.
 It takes about a minute and a half on two cores: in deployment mode each SuperNode starts
@@ -16,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from process_groups import free_port, stop_groups
@@ -61,11 +63,21 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     )]
     try:
         wait_for_port(port, 60)
-        for partition in range(4):
+        peer_ports = [free_port() for _ in range(4)]
+        for partition, peer_port in enumerate(peer_ports):
+            token = tmp_path / f"peer-{partition}.token"
+            processes.append(subprocess.Popen(
+                ["flwr-tempered", "peer", "--listen", f"127.0.0.1:{peer_port}",
+                 "--token-file", str(token)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+            wait_for_port(peer_port, 60)  # it writes the token the SuperNode reads
+            node_config = (f"partition-id={partition} num-partitions=4 "
+                           f"peer-url='http://127.0.0.1:{peer_port}' "
+                           f"peer-token-file='{token}'")
             processes.append(subprocess.Popen(
                 ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                 "--node-config", f"partition-id={partition} num-partitions=4",
-                 "--port", str(free_port())],
+                 "--node-config", node_config, "--port", str(free_port())],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             ))
         name, connection = readme_connection(f"127.0.0.1:{port}")
@@ -77,14 +89,11 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
         log.close()
 
 
-def test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes(
-    federation: tuple[dict[str, str], Path]
-) -> None:
-    env, folder = federation
-    out = folder / "results"
+def run_deployed(env: dict[str, str], out: Path, exchange: str) -> list[dict[str, Any]]:
+    """Submit the repository's app with ``flwr run``; its metrics lines."""
     run_config = (
         "nodes=4 byzantine=1 topology='ring' topology-args='{}' dataset='digits' "
-        "rounds=2 eval-every=2 exchange='inline' attack='ipm' attack-args='{}' "
+        f"rounds=2 eval-every=2 exchange='{exchange}' attack='sign_flip' attack-args='{{}}' "
         "rule='median' local-steps=30 lr=0.1 round-timeout=60.0 partition='label_sorted' "
         f"out='{out}'"
     )
@@ -93,13 +102,32 @@ def test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes(
         env=env, capture_output=True, text=True, timeout=400, check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["round"] for m in metrics] == [0, 2]
-    assert all(m["dropped_nodes"] == 0 for m in metrics)
-    last = metrics[-1]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes(
+    federation: tuple[dict[str, str], Path]
+) -> None:
+    """Inline, then peer to peer on the same federation: the same results for the seed,
+    and with p2p not one model byte through the SuperLink in any round."""
+    env, folder = federation
+    inline = run_deployed(env, folder / "inline", "inline")
+    assert [m["round"] for m in inline] == [0, 2]
+    assert all(m["dropped_nodes"] == 0 for m in inline)
+    last = inline[-1]
     # Every honest node of the ring aggregated both neighbours' models (one of them the
-    # IPM attacker's vector, sent through the relay inline) and nothing was rejected.
+    # attacker's vector) and nothing was rejected.
     assert last["rule_received"] == 2.0 and last["rejected_malformed"] == 0.0
     assert last["accuracy_mean"] is not None and last["consensus_distance"] is not None
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((folder / "inline" / "config.json").read_text())
     assert config["exchange"] == "inline" and config["nodes"] == 4
+    p2p = run_deployed(env, folder / "p2p", "p2p")
+    for mine, theirs in zip(p2p, inline, strict=True):
+        for key in ("accuracy_mean", "accuracy_min", "consensus_distance", "rule_received",
+                    "dropped_nodes", "rejected_malformed"):
+            assert mine.get(key) == pytest.approx(theirs.get(key), rel=1e-6, abs=1e-9), key
+    relayed = [t["relay_model_bytes"] for t in json.loads(
+        (folder / "p2p" / "timings.json").read_text())]
+    assert len(relayed) == 3 and relayed == [0, 0, 0]
+    assert all(m["relay_model_bytes"] > 0 for m in inline)
+    assert p2p[-1]["p2p_fetched_bytes"] > 0

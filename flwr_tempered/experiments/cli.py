@@ -23,6 +23,7 @@ from typing import Any
 
 from .ledger_cli import add_ledger_parser, run_ledger_command
 from .new_app import add_new_parser, run_new_command
+from .peer_cli import add_peer_parser, run_peer_command
 from .reproduce.cli import add_reproduce_parsers, run_reproduce_command
 
 #: The engines ``flwr-tempered run --engine`` offers.
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_parser(commands)
     add_reproduce_parsers(commands)
     add_new_parser(commands)
+    add_peer_parser(commands)
     return parser
 
 
@@ -366,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_reproduce_command(args)
         elif args.command == "new":
             return run_new_command(args)
+        elif args.command == "peer":
+            return run_peer_command(args)
         elif args.command == "topology":
             params = parse_key_values(args.topology_arg, "--topology-arg")
             _describe_topology(args.name, params, args.plot)

@@ -17,6 +17,10 @@ from typing import Any
 from flwr_tempered.ledger import EQUIVOCATOR_POLICIES
 from flwr_tempered.training import AUGMENTATIONS, step_lr
 
+#: How models move between nodes (see :mod:`flwr_tempered.runtime.exchange`): a
+#: shared-memory store (simulation), inside the relay's messages, or peer to peer.
+EXCHANGES = ("shared", "inline", "p2p")
+
 #: The faults :attr:`RunConfig.faults` can inject.
 FAULT_KINDS = ("nan", "inf", "shape", "dtype", "empty", "raise", "timeout",
                "unsigned", "forge", "replay", "mismatch")
@@ -128,8 +132,12 @@ class RunConfig:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
                              f"got {self.augment!r}")
-        if self.exchange not in ("shared", "inline"):
-            raise ValueError(f"exchange must be 'shared' or 'inline', got {self.exchange!r}")
+        if self.exchange not in EXCHANGES:
+            raise ValueError(f"exchange must be one of {', '.join(map(repr, EXCHANGES))}, "
+                             f"got {self.exchange!r}")
+        if self.exchange == "p2p" and self.nodes_per_client > 1:
+            raise ValueError("exchange 'p2p' runs one topology node per SuperNode; "
+                             "nodes_per_client must be 1")
         if not self.node_cpus > 0 or self.node_gpus < 0:
             raise ValueError(
                 f"node_cpus must be > 0 and node_gpus >= 0, got {self.node_cpus!r} and "

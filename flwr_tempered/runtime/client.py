@@ -29,9 +29,12 @@ from .exchange import (
     DigestMismatchError,
     ExchangeError,
     ModelExchange,
+    PeerDirectory,
+    PeerExchange,
     SharedMemoryExchange,
     make_exchange,
 )
+from .peer import read_token
 from .protocol import (
     ATTACK,
     AUDIT,
@@ -71,10 +74,77 @@ def _instructions(message: Message) -> dict[str, Any]:
     return json.loads(str(record["json"]))
 
 
-def _exchange(config: RunConfig, instructions: dict[str, Any]) -> ModelExchange:
+#: Node-config keys of a SuperNode's peer (``exchange = "p2p"``): the address its
+#: neighbours fetch from, and the file holding the token that authorises publishing.
+PEER_URL_KEY, PEER_TOKEN_KEY = "peer-url", "peer-token-file"
+
+
+def _exchange(config: RunConfig, instructions: dict[str, Any], context: Context | None = None
+              ) -> ModelExchange:
     if config.exchange == "shared":
         return SharedMemoryExchange(instructions["store"], create=False)
+    if config.exchange == "p2p":
+        assert context is not None
+        return _peer_exchange(config, instructions, context)
     return make_exchange(config.exchange, run_name="inline")
+
+
+def _peer_exchange(config: RunConfig, instructions: dict[str, Any], context: Context
+                   ) -> PeerExchange:
+    """This node's view of the peer-to-peer exchange for one message."""
+    url, token_file = (context.node_config.get(PEER_URL_KEY),
+                       context.node_config.get(PEER_TOKEN_KEY))
+    if not url or not token_file:
+        raise RuntimeError(
+            f"exchange 'p2p' needs this SuperNode's peer: start `flwr-tempered peer` and "
+            f"pass --node-config \"... {PEER_URL_KEY}='http://HOST:PORT' "
+            f"{PEER_TOKEN_KEY}='PATH'\" to flower-supernode")
+    participant = load_participant(context)
+    if participant is None:
+        raise RuntimeError("this node has no key for the run: it missed the registration "
+                           "message, so it cannot sign its peer-to-peer requests")
+    round_ = int(instructions.get("round", 0))
+    return PeerExchange(directory=PeerDirectory.from_dict(instructions["directory"]),
+                        keys=participant.keys, own_url=str(url),
+                        token=read_token(str(token_file)), round=round_,
+                        sources=_sources(instructions, round_),
+                        timeout=min(config.round_timeout / 4, 10.0))
+
+
+def _sources(instructions: dict[str, Any], round_: int) -> dict[str, tuple[int, int]]:
+    """Digest -> (position that published it, round it was published for), for every
+    model a message names."""
+    sources: dict[str, tuple[int, int]] = {}
+    for sender, digest in zip(instructions.get("senders", []),
+                              instructions.get("digests", []), strict=False):
+        sources[str(digest)] = (int(sender), round_)
+    for position, digest in instructions.get("models", []):  # an audit
+        sources[str(digest)] = (int(position), round_)
+    for spec in instructions.get("targets", []):  # an attack (round t + 1)
+        target = int(spec["node"])
+        sources[str(spec["model"])] = (target, round_)
+        for honest, digest in spec.get("honest", []):
+            sources[str(digest)] = (int(honest), round_)
+        if spec.get("previous"):
+            sources[str(spec["previous"])] = (target, round_ - 1)
+    return sources
+
+
+def _peer_metrics(exchange: ModelExchange, with_stats: bool = False) -> dict[str, float]:
+    """The peer-to-peer counters of one message (and, with ``with_stats``, this node's
+    peer's cumulative refusals) as metrics."""
+    if not isinstance(exchange, PeerExchange):
+        return {}
+    metrics = {"p2p_fetched_bytes": float(exchange.fetched_bytes),
+               "p2p_published_bytes": float(exchange.published_bytes)}
+    metrics.update({f"p2p_failed_{reason}": float(count)
+                    for reason, count in exchange.failures.items()})
+    if with_stats:
+        metrics.update({f"peer_{key}": float(value)
+                        for key, value in exchange.peer_stats().items()
+                        if key.startswith("refused_")})
+    exchange.close()
+    return metrics
 
 
 def _fetch(exchange: ModelExchange, digest: str, message: Message) -> np.ndarray | None:
@@ -132,9 +202,13 @@ def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
 
 def handle_hello(message: Message, context: Context, config: RunConfig,
                  tasks: TaskFactory | None = None) -> Message:
-    """Tell the relay which data partition (topology position) this node holds."""
+    """Tell the relay which data partition (topology position) this node holds, and where
+    its peer listens (``exchange = "p2p"``)."""
     partition = context.node_config.get("partition-id", -1)
-    return _reply(message, {"partition_id": int(partition)}, {})
+    report: dict[str, Any] = {"partition_id": int(partition)}
+    if context.node_config.get(PEER_URL_KEY):
+        report["peer"] = str(context.node_config[PEER_URL_KEY])
+    return _reply(message, report, {})
 
 
 def handle_register(message: Message, context: Context, config: RunConfig,
@@ -222,7 +296,7 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     state = load_node_state(context.state)
     if state is not None:
         node.load_state(state)
-    exchange = _exchange(config, instructions)
+    exchange = _exchange(config, instructions, context)
     outbox = RecordDict()
     round_ = int(instructions["round"])
     clock = _Clock()
@@ -238,7 +312,8 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     metrics.update(rejected)
     clock.lap("time_aggregate_s")
     if instructions.get("publish_model") and not node.byzantine:
-        report["model"] = exchange.publish(node.state.params.numpy(), outbox)
+        report["model"] = exchange.publish(node.state.params.numpy(), outbox,
+                                           round=round_)  # readers: the audit, any node
     clock.lap("time_publish_s")
     if instructions.get("evaluate") and not node.byzantine:
         metrics.update(node.evaluate())
@@ -247,7 +322,9 @@ def handle_train(message: Message, context: Context, config: RunConfig,
         metrics.update(node.train(round_))
         clock.lap("time_train_s")
         params = node.state.params.numpy()
-        half = exchange.publish(corrupt(params, fault), outbox)
+        half = exchange.publish(
+            corrupt(params, fault), outbox, round=round_ + 1,
+            readers=world.topology.at_round(round_ + 1).recipients(node.position))
         report["half"] = half
         clock.lap("time_publish_s")
         if participant is not None and not node.crafts_vectors:
@@ -259,6 +336,7 @@ def handle_train(message: Message, context: Context, config: RunConfig,
         save_participant(participant, context)
     clock.lap("time_ledger_s")
     metrics.update(clock.laps)
+    metrics.update(_peer_metrics(exchange, with_stats=True))
     save_node_state(node.save_state(), context.state)
     return _reply(message, report, metrics, outbox)
 
@@ -288,11 +366,15 @@ def handle_attack(message: Message, context: Context, config: RunConfig,
     state = load_node_state(context.state)
     if state is not None:
         node.load_state(state)
-    exchange = _exchange(config, instructions)
+    exchange = _exchange(config, instructions, context)
+    # What the attack does not read is not fetched (peer to peer, every fetch the graph
+    # does not entitle is refused and counted).
+    reads_others = bool(getattr(node.attack, "uses_targets_models", True))
     targets = []
     for spec in instructions["targets"]:
         model = _fetch(exchange, spec["model"], message)
-        fetched = [(j, _fetch(exchange, d, message)) for j, d in spec["honest"]]
+        fetched = ([(j, _fetch(exchange, d, message)) for j, d in spec["honest"]]
+                   if reads_others else [])
         honest = [(j, m) for j, m in fetched if m is not None]
         previous = _fetch(exchange, spec["previous"], message) if spec.get("previous") else None
         if model is None:
@@ -305,17 +387,20 @@ def handle_attack(message: Message, context: Context, config: RunConfig,
     fault = config.fault_at(node.position, int(instructions["round"]))
     vectors = ({t: v.cpu().numpy() for t, v in node.craft(targets, int(instructions["round"]))
                 .items()} if targets else {})
-    sent = {str(target): exchange.publish(corrupt(vector, fault), outbox)
+    round_ = int(instructions["round"])
+    sent = {str(target): exchange.publish(corrupt(vector, fault), outbox, readers=[target],
+                                          round=round_)
             for target, vector in vectors.items()}
     report: dict[str, Any] = {"sent": sent}
     if config.ledger:  # one signed header per recipient (different models: equivocation)
         participant = _participant_for(instructions, context)
-        round_ = int(instructions["round"])
         report["headers"] = {recipient: participant.sign(round_, digest, recipient).to_dict()
                              for recipient, digest in sent.items()}
         save_participant(participant, context)
     save_node_state(node.save_state(), context.state)
-    return _reply(message, report, dict(node.attack.stats if node.attack else {}), outbox)
+    metrics = dict(node.attack.stats if node.attack else {})
+    metrics.update(_peer_metrics(exchange))
+    return _reply(message, report, metrics, outbox)
 
 
 def handle_commit(message: Message, context: Context, config: RunConfig,
@@ -337,7 +422,7 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
     measure the consensus distance (mean squared distance to the average)."""
     instructions = _instructions(message)
     world = build_world(config)
-    exchange = _exchange(config, instructions)
+    exchange = _exchange(config, instructions, context)
     models: dict[int, torch.Tensor] = {}
     for position, digest in instructions["models"]:
         array = _fetch(exchange, digest, message)
@@ -345,6 +430,7 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
             models[int(position)] = torch.from_numpy(array.copy())
     task = _task(int(instructions["position"]), world, tasks)
     metrics = audit_models(world.topology.at_round(0), task, models)  # groups: any round
+    metrics.update(_peer_metrics(exchange))
     return _reply(message, {}, metrics)
 
 

@@ -11,6 +11,9 @@ unnoticed. Two implementations, chosen by run config (``exchange = "shared"|"inl
 * :class:`InlineExchange` (Flower deployment mode, nodes on several machines): models
   travel inside the messages as ``ArrayRecord``s keyed by digest; the relay copies each
   one into the messages of the nodes that need it.
+* :class:`PeerExchange` (deployment mode, ``exchange = "p2p"``): each node publishes to its
+  own long-lived peer server (:mod:`flwr_tempered.runtime.peer`) and fetches from its
+  neighbours' peers with signed requests; messages carry digests only.
 """
 
 from __future__ import annotations
@@ -19,13 +22,19 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 from flwr_tempered.digest import array_digest, is_digest
+from flwr_tempered.ledger.crypto import KeyPair
+
+from .peer import decode_model, encode_model, signed_fetch_headers
 
 #: Key prefix of inline model records in a message's ``RecordDict``.
 INLINE_PREFIX = "model:"
@@ -46,8 +55,13 @@ class ModelExchange(ABC):
     kind: str = ""
 
     @abstractmethod
-    def publish(self, array: np.ndarray, outbox: RecordDict) -> str:
-        """Make ``array`` available to receivers (via ``outbox`` if it travels inline)."""
+    def publish(self, array: np.ndarray, outbox: RecordDict, *,
+                readers: Collection[int] | None = None, round: int | None = None) -> str:
+        """Make ``array`` available to receivers (via ``outbox`` if it travels inline).
+
+        ``readers`` (topology positions; ``None``: every node of the run) and ``round``
+        (the round in which they read it) restrict who may fetch it where the exchange
+        enforces access (peer to peer); the others ignore them."""
 
     @abstractmethod
     def fetch(self, digest: str, inbox: RecordDict) -> np.ndarray:
@@ -144,7 +158,8 @@ class SharedMemoryExchange(ModelExchange):
             raise ExchangeError(f"not a model digest: {digest!r}")
         return self.directory / f"{digest}.npy"
 
-    def publish(self, array: np.ndarray, outbox: RecordDict) -> str:
+    def publish(self, array: np.ndarray, outbox: RecordDict, *,
+                readers: Collection[int] | None = None, round: int | None = None) -> str:
         digest = array_digest(array)
         path = self._path(digest)
         if not path.exists():
@@ -183,7 +198,8 @@ class InlineExchange(ModelExchange):
 
     kind = "inline"
 
-    def publish(self, array: np.ndarray, outbox: RecordDict) -> str:
+    def publish(self, array: np.ndarray, outbox: RecordDict, *,
+                readers: Collection[int] | None = None, round: int | None = None) -> str:
         digest = array_digest(array)
         outbox[INLINE_PREFIX + digest] = ArrayRecord(numpy_ndarrays=[np.ascontiguousarray(array)])
         return digest
@@ -212,6 +228,120 @@ class InlineExchange(ModelExchange):
                 record = reply[key]
                 if isinstance(record, ArrayRecord):
                     mailbox[key[len(INLINE_PREFIX):]] = record
+
+
+@dataclass(frozen=True)
+class PeerDirectory:
+    """Who is who in a peer-to-peer run: each position's registered public key and peer
+    address (the relay sends it; keys come from the nodes' own registration replies)."""
+
+    run: str
+    keys: Mapping[int, str]
+    peers: Mapping[int, str]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> PeerDirectory:
+        keys, peers = data.get("keys"), data.get("peers")
+        if not isinstance(keys, Mapping) or not isinstance(peers, Mapping):
+            raise ExchangeError("the peer directory lacks keys or peers")
+        return cls(str(data.get("run", "")), {int(p): str(k) for p, k in keys.items()},
+                   {int(p): str(u) for p, u in peers.items()})
+
+    def to_dict(self) -> dict[str, object]:
+        return {"run": self.run, "keys": {str(p): k for p, k in self.keys.items()},
+                "peers": {str(p): u for p, u in self.peers.items()}}
+
+
+class PeerExchange(ModelExchange):
+    """Models published to this node's own peer and fetched from the senders' peers.
+
+    One instance serves one message of one node: ``round`` is that message's round (by
+    default, the round its published models are for), ``sources`` maps each digest the
+    message names to the position that published it and the round it was published for
+    (signed into the fetch request).
+    Counters (``fetched_bytes``, ``published_bytes``, ``failures`` by reason) feed the
+    node's metrics.
+    """
+
+    kind = "p2p"
+
+    def __init__(self, *, directory: PeerDirectory, keys: KeyPair, own_url: str, token: str,
+                 round: int, sources: Mapping[str, tuple[int, int]],
+                 timeout: float = 10.0) -> None:
+        self.directory, self.keys, self.own_url = directory, keys, own_url.rstrip("/")
+        self.token, self.round, self.sources = token, round, dict(sources)
+        self._client = httpx.Client(timeout=timeout)
+        self.fetched_bytes = 0
+        self.published_bytes = 0
+        self.failures: Counter[str] = Counter()
+
+    def publish(self, array: np.ndarray, outbox: RecordDict, *,
+                readers: Collection[int] | None = None, round: int | None = None) -> str:
+        digest = array_digest(array)
+        body = encode_model(array)
+        positions = self.directory.keys if readers is None else readers
+        allowed = ",".join(sorted(self.directory.keys[p] for p in positions
+                                  if p in self.directory.keys))
+        response = self._client.put(
+            f"{self.own_url}/v1/models/{digest}", content=body,
+            headers={"authorization": f"Bearer {self.token}",
+                     "x-tempered-run": self.directory.run,
+                     "x-tempered-round": str(self.round if round is None else round),
+                     "x-tempered-readers": allowed})
+        if response.status_code != 200:
+            raise ExchangeError(f"this node's peer {self.own_url} refused model "
+                                f"{digest[:12]}…: {response.status_code} {response.text}")
+        self.published_bytes += len(body)
+        return digest
+
+    def fetch(self, digest: str, inbox: RecordDict) -> np.ndarray:
+        sender, round_ = self.sources.get(digest, (None, self.round))
+        url = self.directory.peers.get(sender) if sender is not None else None
+        if url is None:
+            self.failures["no_source"] += 1
+            raise ExchangeError(f"no peer is known for model {digest[:12]}…")
+        headers = signed_fetch_headers(self.keys, self.directory.run, round_, digest)
+        try:
+            response = self._client.get(f"{url.rstrip('/')}/v1/models/{digest}",
+                                        headers=headers)
+        except httpx.HTTPError as error:
+            self.failures["unreachable"] += 1
+            raise ExchangeError(f"peer {url} of node {sender} unreachable: {error}") from None
+        if response.status_code != 200:
+            reason = _refusal_of(response)
+            self.failures[f"refused_{reason}"] += 1
+            raise ExchangeError(f"peer {url} of node {sender} refused model {digest[:12]}…: "
+                                f"{reason}")
+        self.fetched_bytes += len(response.content)
+        try:
+            array = decode_model(response.content)
+        except ValueError as error:
+            self.failures["undecodable"] += 1
+            raise ExchangeError(f"peer {url} sent bytes that are no array: {error}") from None
+        try:
+            return _verified(array, digest)
+        except DigestMismatchError:
+            self.failures["tampered"] += 1
+            raise
+
+    def peer_stats(self) -> dict[str, int]:
+        """This node's peer's counters (served, refused by reason), ``{}`` if unreadable."""
+        try:
+            response = self._client.get(f"{self.own_url}/v1/stats",
+                                        headers={"authorization": f"Bearer {self.token}"})
+            return {k: int(v) for k, v in response.json().items()}
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return {}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _refusal_of(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("refused") or response.status_code)
+    except ValueError:
+        return str(response.status_code)
 
 
 def make_exchange(kind: str, run_name: str, directory: str | None = None) -> ModelExchange:

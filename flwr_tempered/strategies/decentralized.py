@@ -40,9 +40,11 @@ from flwr.serverapp import Grid
 from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
 from flwr_tempered.digest import is_digest
 from flwr_tempered.ledger import Block, BlockBuilder, Genesis, LedgerStore, default_f
+from flwr_tempered.ledger.block import key_proof_bytes
+from flwr_tempered.ledger.crypto import verify_signature
 from flwr_tempered.node import RunConfig, topology_of
 from flwr_tempered.node.summary import metrics_line
-from flwr_tempered.runtime.exchange import InlineExchange, ModelExchange
+from flwr_tempered.runtime.exchange import InlineExchange, ModelExchange, PeerDirectory
 from flwr_tempered.runtime.protocol import (
     ATTACK,
     AUDIT,
@@ -82,6 +84,14 @@ class RoundLog:
     replies: dict[int, _Reply] = field(default_factory=dict)
     dropped: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    #: Bytes of models (``ArrayRecord``s) in the messages sent and the replies received.
+    model_bytes: int = 0
+
+
+def _model_bytes(content: RecordDict) -> int:
+    """Bytes of the arrays a message carries."""
+    return sum(len(array.data) for record in content.array_records.values()
+               for array in record.values())
 
 
 def _push_and_pull(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
@@ -96,6 +106,13 @@ def _push_and_pull(grid: Grid, messages: list[Message], timeout: float) -> list[
         if pending:
             time.sleep(REPLY_POLL_SECONDS)
     return replies
+
+
+def _proof_holds(key: str, message: bytes, proof: str) -> bool:
+    try:
+        return verify_signature(key, message, proof)
+    except ValueError:
+        return False
 
 
 def _digests_in(value: Any) -> set[str]:
@@ -135,6 +152,14 @@ class DecentralizedStrategy:
         self.builder: BlockBuilder | None = None
         self._committed_rejections = 0
         self._equivocators: set[int] = set()
+        #: Where each position's peer listens (from the HELLO replies; ``p2p`` only).
+        self.peer_urls: dict[int, str] = {}
+        #: Registered keys and peers of a ``p2p`` run, sent to the nodes.
+        self.directory: PeerDirectory | None = None
+        #: Model bytes through the relay and peer-to-peer counters of the current round.
+        self._traffic: dict[str, float] = {}
+        #: Each position's peer's cumulative refusal counts, last reported.
+        self._peer_totals: dict[int, dict[str, float]] = {}
 
     # ------------------------------------------------------------------- messaging
     def _send(self, grid: Grid, kind: str, payloads: dict[int, dict[str, Any]],
@@ -142,10 +167,15 @@ class DecentralizedStrategy:
         """Send each position its instructions; collect the replies (bounded wait)."""
         start = time.perf_counter()
         messages = []
+        sent_bytes = 0
         for position, instructions in payloads.items():
+            if self.directory is not None and kind != COMMIT:
+                instructions = {**instructions, "directory": self.directory.to_dict()}
             content = RecordDict({INSTRUCTIONS: ConfigRecord({"json": json.dumps(instructions)})})
             if mailbox is not None:
                 self.exchange.attach(_digests_in(instructions), mailbox, content)
+            log_bytes = _model_bytes(content)
+            sent_bytes += log_bytes
             messages.append(Message(content, dst_node_id=node_ids[position], message_type=kind))
         by_node = {v: k for k, v in node_ids.items()}
         log = RoundLog()
@@ -163,11 +193,28 @@ class DecentralizedStrategy:
             metrics = {k: float(v) for k, v in metric_record.items()
                        if isinstance(v, int | float)}
             log.replies[sender] = _Reply(sender, report, metrics)
+            log.model_bytes += _model_bytes(reply.content)
+            self._count_traffic(sender, metrics)
             if mailbox is not None:
                 self.exchange.collect(reply.content, mailbox)
         log.dropped = sorted(set(payloads) - set(log.replies))
         log.seconds = time.perf_counter() - start
+        log.model_bytes += sent_bytes
+        self._traffic["relay_model_bytes"] = (self._traffic.get("relay_model_bytes", 0.0)
+                                              + log.model_bytes)
         return log
+
+    def _count_traffic(self, sender: int, metrics: dict[str, float]) -> None:
+        """Add a reply's peer-to-peer counters to the round's traffic; its peer's
+        cumulative refusals count by their growth since its last report."""
+        for key, value in metrics.items():
+            if key.startswith("p2p_"):
+                self._traffic[key] = self._traffic.get(key, 0.0) + value
+            elif key.startswith("peer_refused_"):
+                last = self._peer_totals.setdefault(sender, {}).get(key, 0.0)
+                self._peer_totals[sender][key] = value
+                name = "p2p_" + key.removeprefix("peer_")
+                self._traffic[name] = self._traffic.get(name, 0.0) + max(value - last, 0.0)
 
     def _discover(self, grid: Grid) -> dict[int, int]:
         """Map topology positions to node ids: wait (bounded) for the expected number of
@@ -194,8 +241,13 @@ class DecentralizedStrategy:
         provisional = dict(enumerate(node_ids[: self.participants]))
         log = self._send(grid, HELLO, {p: {} for p in provisional}, provisional)
         claimed = {r.report.get("partition_id", -1): provisional[p] for p, r in log.replies.items()}
+        peers = {r.report.get("partition_id", -1): r.report.get("peer")
+                 for r in log.replies.values()}
         if set(claimed) == set(range(self.participants)):
+            self.peer_urls = {int(p): str(u) for p, u in peers.items() if isinstance(u, str)}
             return {int(p): claimed[p] for p in claimed}
+        self.peer_urls = {p: str(r.report["peer"]) for p, r in log.replies.items()
+                          if isinstance(r.report.get("peer"), str)}
         return provisional
 
     # ------------------------------------------------------------------------ run
@@ -215,9 +267,13 @@ class DecentralizedStrategy:
         config = self.config
         node_ids = self._discover(grid)
         genesis = ""
-        if config.ledger:
-            self.builder = self._open_ledger(grid, node_ids, ledger)
-            genesis = self.builder.genesis.body().decode("ascii")
+        if config.ledger or config.exchange == "p2p":
+            run_id, keys, proofs = self._register(grid, node_ids)
+            if config.exchange == "p2p":
+                self.directory = self._peer_directory(run_id, keys, proofs)
+            if config.ledger:
+                self.builder = self._open_ledger(run_id, keys, proofs, ledger)
+                genesis = self.builder.genesis.body().decode("ascii")
         try:
             return self._rounds(grid, node_ids, store, genesis)
         finally:
@@ -252,6 +308,7 @@ class DecentralizedStrategy:
                     payload.update({"genesis": genesis, "headers": [h for _, _, h in inputs[p]],
                                     "proposal": proposed})
             start = time.perf_counter()
+            self._traffic = {"relay_model_bytes": 0.0}
             log = self._send(grid, TRAIN, payloads, node_ids, mailbox)
             half = {p: r.report["half"] for p, r in log.replies.items() if "half" in r.report}
             headers = {p: r.report.get("header") for p, r in log.replies.items()}
@@ -267,7 +324,7 @@ class DecentralizedStrategy:
             ledger_seconds = time.perf_counter() - ledger_start
             audit: dict[str, float] = {}
             if evaluate:
-                audit = self._audit(grid, node_ids, store, models, honest, log, mailbox)
+                audit = self._audit(grid, node_ids, store, models, honest, log, mailbox, t)
             crafted: dict[int, dict[str, str]] = {}
             crafted_headers: dict[int, dict[str, Any]] = {}
             attack_seconds = 0.0
@@ -286,7 +343,7 @@ class DecentralizedStrategy:
             self._forget_all_but(inputs, mailbox)
             timing = {"round": float(t), "train_message_s": log.seconds,
                       "attack_message_s": attack_seconds, "ledger_s": ledger_seconds,
-                      "total_s": time.perf_counter() - start}
+                      "total_s": time.perf_counter() - start, **self._traffic}
             for reply in log.replies.values():  # node-side phases, summed over nodes
                 for key, value in reply.metrics.items():
                     if key.startswith("time_"):
@@ -294,6 +351,8 @@ class DecentralizedStrategy:
             self.timings.append(timing)
             if evaluate:
                 line = self._metrics_line(t, log, audit, honest)
+                if config.exchange != "shared":  # deployment: what crossed the SuperLink
+                    line.update(self._traffic)
                 self.history.append(line)
                 if self.on_metrics is not None:
                     self.on_metrics(line)
@@ -304,9 +363,10 @@ class DecentralizedStrategy:
         return self.history
 
     # --------------------------------------------------------------------- ledger
-    def _open_ledger(self, grid: Grid, node_ids: dict[int, int], path: str | Path | None
-                     ) -> BlockBuilder:
-        """Have every node register a key pair; write the genesis block."""
+    def _register(self, grid: Grid, node_ids: dict[int, int]
+                  ) -> tuple[str, dict[int, str], dict[int, str]]:
+        """Have every node register a key pair for a new run id: (run id, public keys,
+        proofs of possession), of the nodes whose proof checks."""
         run_id = uuid.uuid4().hex
         log = self._send(grid, REGISTER, {p: {"run_id": run_id, "position": p} for p in node_ids},
                          node_ids)
@@ -315,6 +375,29 @@ class DecentralizedStrategy:
             key, proof = reply.report.get("public_key"), reply.report.get("proof")
             if isinstance(key, str) and isinstance(proof, str):
                 keys[position], proofs[position] = key, proof
+        return run_id, keys, proofs
+
+    def _peer_directory(self, run_id: str, keys: dict[int, str], proofs: dict[int, str]
+                        ) -> PeerDirectory:
+        """The keys and peer addresses every node of a ``p2p`` run needs; refuses to start
+        when a node has no peer or no key whose proof of possession checks."""
+        keys = {p: key for p, key in keys.items()
+                if _proof_holds(key, key_proof_bytes(run_id, p, key), proofs.get(p, ""))}
+        missing = sorted(set(range(self.topology.n)) - set(self.peer_urls))
+        if missing:
+            raise RuntimeError(
+                f"exchange 'p2p': the SuperNodes of positions {missing} named no peer; start "
+                "`flwr-tempered peer` beside each and pass --node-config \"partition-id=P "
+                "num-partitions=N peer-url='http://HOST:PORT' peer-token-file='PATH'\"")
+        unregistered = sorted(set(range(self.topology.n)) - set(keys))
+        if unregistered:
+            raise RuntimeError(f"exchange 'p2p': positions {unregistered} did not register a "
+                               "key for the run, so their requests could not be checked")
+        return PeerDirectory(run_id, dict(keys), dict(self.peer_urls))
+
+    def _open_ledger(self, run_id: str, keys: dict[int, str], proofs: dict[int, str],
+                     path: str | Path | None) -> BlockBuilder:
+        """Write the genesis block of the registered keys."""
         f = self.config.ledger_f if self.config.ledger_f >= 0 else default_f(len(keys))
         genesis = Genesis(run_id, int(time.time() * 1000), f, keys, proofs, self.config.to_dict())
         return BlockBuilder(LedgerStore(path if path is not None else ":memory:"), genesis)
@@ -351,11 +434,11 @@ class DecentralizedStrategy:
 
     def _audit(self, grid: Grid, node_ids: dict[int, int], store: str | None,
                models: dict[int, str], honest: list[int], log: RoundLog,
-               mailbox: dict[str, ArrayRecord]) -> dict[str, float]:
+               mailbox: dict[str, ArrayRecord], round_: int) -> dict[str, float]:
         auditors = [p for p in honest if p in log.replies]
         if not auditors or not models:
             return {}
-        payload = {"position": auditors[0], "store": store,
+        payload = {"position": auditors[0], "store": store, "round": round_,
                    "models": sorted((p, d) for p, d in models.items() if p in honest)}
         audit_log = self._send(grid, AUDIT, {auditors[0]: payload}, node_ids, mailbox)
         reply = audit_log.replies.get(auditors[0])

@@ -1,0 +1,525 @@
+"""Seconds per round of the repository's app in Flower's deployment mode, on loopback.
+
+For every configuration (number of nodes x isolation mode x exchange) the script starts a
+federation on 127.0.0.1 (free ports, a private ``FLWR_HOME``): one ``flower-superlink
+--insecure`` and one ``flower-supernode --insecure`` per graph node, told its position by
+``--node-config "partition-id=P num-partitions=N"``. It submits the repository's Flower app
+with ``flwr run <repo> federation --stream --run-config ...`` (a ring, one IPM attacker,
+the median, digits, the small CNN, a few local steps), reads ``timings.json`` and
+``metrics.jsonl`` from the run's results folder, and stops exactly the process groups it
+started (each process is started in a session of its own; the groups are SIGTERMed, then
+SIGKILLed, also on errors and Ctrl-C).
+
+Isolation modes (``--isolation``):
+
+* ``subprocess``: Flower's default. Each SuperNode starts a ``flower-superexec``, which
+  starts a fresh ``flwr-clientapp`` process (importing torch, loading the data) for every
+  message.
+* ``process``: ``flower-supernode --isolation process`` plus one long-lived worker per
+  SuperNode, started by this script (``python benchmarks/deployment.py --worker
+  --runtime-api-address 127.0.0.1:PORT``). ``flwr-clientapp`` itself cannot be kept
+  alive in Flower 1.41: it needs a token that the SuperNode issues per task (one task per
+  message) and exits after one message. The worker claims each task's token from the
+  SuperNode's Runtime API (``AcquireTask``) and runs Flower's own ``flwr-clientapp`` steps
+  (pull task input, load the ClientApp, call it, push the reply and the context) in its
+  own process, so torch, the app's modules and the cached dataset and model stay loaded
+  between messages. It uses Flower 1.41's internal runtime API
+  (``flwr.supernode.runtime.run_clientapp``).
+* ``superexec``: ``flower-supernode --isolation process`` plus one stock
+  ``flower-superexec --insecure --runtime-api-address 127.0.0.1:PORT`` per SuperNode,
+  started by this script: the supported way to run process isolation, and the same cold
+  ``flwr-clientapp`` per message as ``subprocess``.
+
+``--exchange`` is passed through as the run config ``exchange='...'``; an exchange that
+needs processes of its own next to each SuperNode registers them in ``SIDECARS``.
+
+Seconds per round: the median ``total_s`` of the training rounds 1 .. rounds-1 in
+``timings.json`` (round 0 also evaluates and audits, and the closing message ``rounds``
+only aggregates and evaluates); ``--rounds`` must hence be at least 2. A second table splits
+a training round into its messages (train, attack) and the nodes' own work (summed over
+nodes, per node).
+
+Run ``python benchmarks/deployment.py [--nodes 4,16] [--isolation subprocess,process]
+[--exchange inline] [--rounds 3] [--local-steps 5] [--keep FOLDER]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ISOLATIONS = ("subprocess", "process", "superexec")
+FEDERATION = "federation"
+
+
+# ------------------------------------------------------------------------------ helpers
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_port(port: int, seconds: float, process: subprocess.Popen[bytes] | None = None
+                  ) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if listening(port):
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
+
+
+def _session_members(sessions: set[int]) -> list[tuple[int, str]]:
+    """(pid, command) of the live processes in ``sessions`` (Linux /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] == "Z" or int(fields[3]) not in sessions:
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        except (OSError, ValueError, IndexError):
+            continue
+        members.append((int(entry.name), command))
+    return members
+
+
+# --------------------------------------------------------------------------- federation
+@dataclass
+class NodeSpec:
+    """One SuperNode of a federation: what sidecars get to know about it."""
+
+    partition: int
+    nodes: int
+    runtime_port: int
+    superlink: str
+    exchange: str
+    folder: Path
+
+
+#: Per-node processes an exchange needs next to each SuperNode (none for ``inline``):
+#: ``SIDECARS[exchange](node) -> [command, ...]``, each command started in its own
+#: session and stopped with the federation. ``NODE_CONFIG[exchange](node)`` adds
+#: ``key=value`` pairs to the SuperNode's ``--node-config``.
+SIDECARS: dict[str, Callable[[NodeSpec], list[list[str]]]] = {}
+NODE_CONFIG: dict[str, Callable[[NodeSpec], str]] = {}
+
+
+@dataclass
+class Federation:
+    """The processes of one loopback federation; :meth:`stop` ends exactly them."""
+
+    folder: Path
+    env: dict[str, str]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Any] = field(default_factory=list)
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.folder / "logs" / f"{name}.log").open("wb")
+        self.logs.append(log)
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=self.folder, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def stop(self, seconds: float = 20.0) -> list[tuple[int, str]]:
+        """SIGTERM every group, wait, SIGKILL what is left of them; returns what still
+        lives in the sessions afterwards (should be nothing)."""
+        sessions = {p.pid for p in self.processes}
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + seconds
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        time.sleep(1.0)  # other members of the groups (superexec, clientapps) exiting
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        for log in self.logs:
+            log.close()
+        time.sleep(0.5)
+        return _session_members(sessions)
+
+
+def supernode_command(args: argparse.Namespace, isolation: str, node: NodeSpec) -> list[str]:
+    config = f"partition-id={node.partition} num-partitions={node.nodes}"
+    if node.exchange in NODE_CONFIG:
+        config += " " + NODE_CONFIG[node.exchange](node)
+    flags = ["--insecure", "--superlink", node.superlink, "--node-config", config,
+             "--port", str(node.runtime_port),
+             "--isolation", "subprocess" if isolation == "subprocess" else "process"]
+    if args.fleet_poll is not None:  # Flower's SuperNode, its idle sleep capped
+        return [sys.executable, str(Path(__file__).resolve()), "--supernode-shim",
+                str(args.fleet_poll), "--", *flags]
+    return ["flower-supernode", *flags]
+
+
+@contextlib.contextmanager
+def federation(args: argparse.Namespace, nodes: int, isolation: str, exchange: str,
+               folder: Path) -> Iterator[Federation]:
+    """A SuperLink and ``nodes`` SuperNodes (with their workers and sidecars)."""
+    home = folder / "flwr-home"
+    home.mkdir(parents=True)
+    (folder / "logs").mkdir()
+    env = {**os.environ, "FLWR_HOME": str(home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    if args.superexec_poll is not None:
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.superexec_poll)
+    fed = Federation(folder, env)
+    try:
+        port = free_port()
+        superlink = fed.start("superlink", [
+            "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+            "--database", str(home / "state.db")])
+        wait_for_port(port, 60, superlink)
+        specs = [NodeSpec(p, nodes, free_port(), f"127.0.0.1:{port}", exchange, folder)
+                 for p in range(nodes)]
+        supernodes = [fed.start(f"supernode-{node.partition}",
+                                supernode_command(args, isolation, node)) for node in specs]
+        for node in specs:
+            runtime = f"127.0.0.1:{node.runtime_port}"
+            if isolation == "process":
+                fed.start(f"worker-{node.partition}", [
+                    sys.executable, str(Path(__file__).resolve()), "--worker",
+                    "--runtime-api-address", runtime, "--poll", str(args.worker_poll)])
+            elif isolation == "superexec":
+                fed.start(f"superexec-{node.partition}", [
+                    "flower-superexec", "--insecure", "--runtime-api-address", runtime])
+            for i, command in enumerate(SIDECARS.get(exchange, lambda _: [])(node)):
+                fed.start(f"sidecar-{node.partition}-{i}", command)
+        for node, process in zip(specs, supernodes, strict=True):
+            wait_for_port(node.runtime_port, 120, process)
+        (home / "config.toml").write_text(
+            f'[superlink.{FEDERATION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        yield fed
+    finally:
+        survivors = fed.stop()
+        if survivors:
+            print(f"  WARNING: still alive after stopping: {survivors}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------- a run
+def run_config(args: argparse.Namespace, nodes: int, exchange: str, out: Path) -> str:
+    return (f"nodes={nodes} byzantine=1 topology='ring' topology-args='{{}}' "
+            f"dataset='digits' partition='label_sorted' model='small_cnn' "
+            f"rounds={args.rounds} eval-every={args.rounds} exchange='{exchange}' "
+            f"attack='ipm' attack-args='{{}}' rule='median' rule-args='' "
+            f"local-steps={args.local_steps} lr=0.1 round-timeout={args.round_timeout} "
+            f"out='{out}'")
+
+
+def measure(args: argparse.Namespace, nodes: int, isolation: str, exchange: str,
+            folder: Path) -> dict[str, Any]:
+    out = folder / "results"
+    with federation(args, nodes, isolation, exchange, folder) as fed:
+        start = time.perf_counter()
+        submit = fed.start("flwr-run", [
+            "flwr", "run", str(REPO), FEDERATION, "--stream",
+            "--run-config", run_config(args, nodes, exchange, out)])
+        try:
+            returncode = submit.wait(timeout=args.run_timeout)
+        except subprocess.TimeoutExpired:
+            returncode = -1
+        wall = time.perf_counter() - start
+    if returncode != 0 or not (out / "timings.json").exists():
+        tail = (folder / "logs" / "flwr-run.log").read_text()[-1500:]
+        raise RuntimeError(f"flwr run failed ({returncode}); logs in {folder}:\n{tail}")
+    timings = json.loads((out / "timings.json").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    training = [t for t in timings if 1 <= t["round"] < args.rounds]
+
+    def median(key: str) -> float:
+        values = [t[key] for t in training if key in t]
+        return statistics.median(values) if values else float("nan")
+
+    relay = [m["relay_model_bytes"] for m in metrics if "relay_model_bytes" in m]
+    node_keys = sorted({k for t in training for k in t if k.startswith("nodes_time_")})
+    return {
+        "nodes": nodes, "isolation": isolation, "exchange": exchange,
+        "round_s": median("total_s"), "wall_s": wall,
+        "train_message_s": median("train_message_s"),
+        "attack_message_s": median("attack_message_s"), "ledger_s": median("ledger_s"),
+        "node_phases_s": {k.removeprefix("nodes_time_").removesuffix("_s"): median(k) / nodes
+                          for k in node_keys},
+        "round0_s": next((t["total_s"] for t in timings if t["round"] == 0), float("nan")),
+        "last_s": next((t["total_s"] for t in timings if t["round"] == args.rounds),
+                       float("nan")),
+        "relay_model_bytes": statistics.median(relay) if relay else None,
+        "dropped": max((m.get("dropped_nodes", 0) for m in metrics), default=0),
+    }
+
+
+def _bytes(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / 1e6:.2f} MB"
+
+
+def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print()
+    print(f"{args.rounds} rounds, ring, 1 IPM attacker, median, digits, small CNN, "
+          f"{args.local_steps} local steps; seconds per round: median of rounds "
+          f"1..{args.rounds - 1}")
+    print()
+    print("| nodes | isolation | exchange | s / round | total wall s | relay_model_bytes "
+          "| dropped |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['nodes']} | {r['isolation']} | {r['exchange']} | {r['round_s']:.1f} "
+              f"| {r['wall_s']:.1f} | {_bytes(r['relay_model_bytes'])} | {r['dropped']} |")
+    phases = sorted({k for r in rows for k in r["node_phases_s"]})
+    print()
+    print("| nodes | isolation | exchange | round 0 s | training round s | train message s "
+          "| attack message s | ledger s | closing message s | "
+          + " | ".join(f"{k} s per node" for k in phases) + " |")
+    print("|---" * (9 + len(phases)) + "|")
+    for r in rows:
+        cells = [f"{r['node_phases_s'].get(k, float('nan')):.2f}" for k in phases]
+        print(f"| {r['nodes']} | {r['isolation']} | {r['exchange']} | {r['round0_s']:.1f} "
+              f"| {r['round_s']:.1f} | {r['train_message_s']:.1f} "
+              f"| {r['attack_message_s']:.1f} | {r['ledger_s']:.2f} | {r['last_s']:.1f} | "
+              + " | ".join(cells) + " |")
+
+
+# ------------------------------------------------------------------- process-mode worker
+def run_worker(runtime_api_address: str, poll: float) -> None:
+    """A long-lived ClientApp executor for one SuperNode in ``--isolation process``.
+
+    Claims each pending task (one per message) with ``AcquireTask``, then does what
+    ``flwr-clientapp --token TOKEN`` does for that one task, in this process: pull the
+    message and context, load the ClientApp from the installed FAB (cached), call it,
+    push the reply and then the context. Flower 1.41 internals; not a public API.
+    """
+    import torch  # noqa: F401  (loaded once, before the first message)
+    from flwr.app import Context, Message
+    from flwr.app.error import Error
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node
+    from flwr.proto.runtime_pb2 import (
+        AcquireTaskRequest,
+        PullAppMessagesRequest,
+        PullTaskInputRequest,
+    )
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.interceptors import (
+        RuntimeTokenHttpInterceptor,
+        RuntimeVersionHttpInterceptor,
+    )
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+    def pull_task_input(client: Any) -> tuple[Message, Context, Any, Any]:
+        """Flower's ``pull_task_input``, retrying a missing object after 20 ms instead of
+        1 s: a warm worker claims a task before the SuperNode has stored the message's
+        objects, and Flower's 1 s initial backoff (then 2 s, ...) would cost seconds."""
+        res = client.PullTaskInput(PullTaskInputRequest())
+        TaskIdentity.task_id = res.task_id
+        TaskIdentity.run_id = res.run.run_id
+        TaskIdentity.node_id = res.context.node_id
+        context, run, fab = (context_from_proto(res.context), run_from_proto(res.run),
+                             fab_from_proto(res.fab))
+        pulled = client.PullMessages(PullAppMessagesRequest())
+        if not pulled.messages_list:
+            raise RuntimeError("No messages received from Runtime API")
+        node = Node(node_id=context.node_id)
+        tree = pulled.message_object_trees[0]
+        message = pull_and_inflate_object_from_tree(
+            tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+            make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
+                                                      context.run_id),
+            return_type=Message, initial_backoff=0.02, backoff_cap=0.2)
+        message.metadata.__dict__["_message_id"] = tree.object_id
+        return message, context, run, fab
+
+    def client(*interceptors: Any) -> Any:
+        return RuntimeHttpClient.from_server_address(
+            server_address=runtime_api_address, insecure=True, root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                          *interceptors],
+            retry_invoker=make_simple_http_retry_invoker())
+
+    acquirer = client()
+    installed: set[str] = set()
+    load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+    served = 0
+    while True:
+        try:
+            response = acquirer.AcquireTask(
+                AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)]))
+        except Exception as error:  # SuperNode not up yet, or gone
+            print(f"AcquireTask failed: {error}", flush=True)
+            time.sleep(1.0)
+            continue
+        if not (response.HasField("task") and response.token):
+            time.sleep(poll)
+            continue
+        started = time.perf_counter()
+        task_client = client(RuntimeTokenHttpInterceptor(response.token))
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(task_client))
+        heartbeat.start()
+        message, context, reply = None, None, None
+        status, details = SubStatus.FAILED, "worker failed"
+        laps = [time.perf_counter()]
+        try:
+            message, context, run, fab = pull_task_input(task_client)
+            laps.append(time.perf_counter())
+            if fab.hash_str not in installed:
+                install_from_fab(fab.content, skip_prompt=True)
+                installed.add(fab.hash_str)
+            app = load(run.fab_id, run.fab_version, fab.hash_str)
+            reply = app(message=message, context=context)
+            laps.append(time.perf_counter())
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as error:
+            print(f"ClientApp raised: {error!r}", flush=True)
+            if message is not None:
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                      reason=repr(error)), reply_to=message)
+        try:
+            if reply is not None and context is not None:
+                push_message(task_client, reply, context)
+            laps.append(time.perf_counter())
+            push_task_output(task_client, context, status, details)
+            laps.append(time.perf_counter())
+        finally:
+            heartbeat.stop()
+            task_client.close()
+        served += 1
+        steps = " ".join(f"{b - a:.3f}" for a, b in itertools.pairwise(laps))
+        print(f"task {served} {message.metadata.message_type if message else '?'} in "
+              f"{time.perf_counter() - started:.2f} s (pull, app, push reply, push context: "
+              f"{steps})", flush=True)
+
+
+def supernode_shim(cap: float, argv: list[str]) -> None:
+    """``flower-supernode`` with its idle sleeps (3 s between polls of the SuperLink,
+    0.5 s while waiting for a reply) capped at ``cap`` seconds: to measure what the
+    polling costs. Patches only the SuperNode module's view of ``time``."""
+    import types
+
+    import flwr.supernode.start_client_internal as loop
+    from flwr.supernode.cli import flower_supernode
+
+    real = time.sleep
+    loop.time = types.SimpleNamespace(  # type: ignore[attr-defined]
+        **{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    loop.time.sleep = lambda seconds: real(min(seconds, cap))
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+# --------------------------------------------------------------------------------- main
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    if "--supernode-shim" in sys.argv[1:2]:
+        cap, rest = float(sys.argv[2]), sys.argv[3:]
+        supernode_shim(cap, rest[1:] if rest[:1] == ["--"] else rest)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="4", help="comma-separated, e.g. 4,16")
+    parser.add_argument("--isolation", default="subprocess,process",
+                        help=f"comma-separated, of {', '.join(ISOLATIONS)}")
+    parser.add_argument("--exchange", default="inline", help="comma-separated run-config "
+                        "exchange values, passed through as exchange='...'")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--round-timeout", type=float, default=300.0,
+                        help="seconds the relay waits for a message's replies")
+    parser.add_argument("--run-timeout", type=float, default=1800.0)
+    parser.add_argument("--worker-poll", type=float, default=0.05,
+                        help="process mode: how often a worker asks for a task (s)")
+    parser.add_argument("--superexec-poll", type=float, default=None,
+                        help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL for subprocess/superexec "
+                        "(Flower's default: 1 s)")
+    parser.add_argument("--fleet-poll", type=float, default=None,
+                        help="cap the SuperNodes' idle sleeps (Flower: 3 s between polls "
+                        "of the SuperLink) at this many seconds, through a shim")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep every run's logs and results under this folder")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--runtime-api-address", help=argparse.SUPPRESS)
+    parser.add_argument("--poll", type=float, default=0.05, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args.runtime_api_address, args.poll)
+        return
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (round 0 and the closing message are "
+                     "not training rounds)")
+    isolations = _csv(args.isolation)
+    if unknown := [i for i in isolations if i not in ISOLATIONS]:
+        parser.error(f"unknown isolation {unknown}; choose from {ISOLATIONS}")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the federation on SIGTERM too
+    base = args.keep or Path(tempfile.mkdtemp(prefix="flwr-deployment-"))
+    base.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        for nodes in [int(n) for n in _csv(args.nodes)]:
+            for exchange in _csv(args.exchange):
+                for isolation in isolations:
+                    folder = base / f"n{nodes}-{isolation}-{exchange}"
+                    print(f"{nodes} nodes, {isolation}, {exchange}: {folder}", flush=True)
+                    row = measure(args, nodes, isolation, exchange, folder)
+                    print(f"  {row['round_s']:.1f} s per round, {row['wall_s']:.1f} s wall",
+                          flush=True)
+                    rows.append(row)
+    except KeyboardInterrupt:
+        print("interrupted; every started process group was stopped", file=sys.stderr)
+    finally:
+        if rows:
+            print_tables(rows, args)
+        if args.keep is None:
+            import shutil
+
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
