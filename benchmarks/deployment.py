@@ -433,8 +433,9 @@ def run_worker(runtime_api_address: str, poll: float) -> None:
 
 def supernode_shim(cap: float, argv: list[str]) -> None:
     """``flower-supernode`` with its idle sleeps (3 s between polls of the SuperLink,
-    0.5 s while waiting for a reply) capped at ``cap`` seconds: to measure what the
-    polling costs. Patches only the SuperNode module's view of ``time``."""
+    0.5 s while waiting for a reply) and its first retry of a message object the SuperLink
+    does not hold yet (1 s) capped at ``cap`` seconds: to measure what the polling costs.
+    Patches only the SuperNode loop module's ``time`` and ``pull_objects``."""
     import types
 
     import flwr.supernode.start_client_internal as loop
@@ -444,6 +445,19 @@ def supernode_shim(cap: float, argv: list[str]) -> None:
     loop.time = types.SimpleNamespace(  # type: ignore[attr-defined]
         **{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
     loop.time.sleep = lambda seconds: real(min(seconds, cap))
+    pull = loop.pull_objects
+
+    def pull_objects(*args: Any, **kwargs: Any) -> Any:
+        # A message can reach the SuperNode before its objects reach the SuperLink;
+        # Flower then retries after 1 s, 2 s, ... (PULL_INITIAL_BACKOFF).
+        start = time.perf_counter()
+        kwargs.update(initial_backoff=min(cap, 1.0), backoff_cap=max(cap, 0.2))
+        try:
+            return pull(*args, **kwargs)
+        finally:
+            print(f"pull_objects {time.perf_counter() - start:.3f} s", flush=True)
+
+    loop.pull_objects = pull_objects
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
 

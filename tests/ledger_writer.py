@@ -58,6 +58,8 @@ def main(path: Path) -> None:
         round = report.rounds[-1] if report.rounds else 0
         store = LedgerStore(path)
         builder = ResumedBuilder(store, genesis, report.head_hash, len(report.blocks))
+        for node in nodes:  # the nodes, restarted too, keep the head they had certified
+            node.head = (len(report.blocks), report.head_hash)
     else:
         round = 0
         store = LedgerStore(path)
@@ -82,6 +84,8 @@ def main(path: Path) -> None:
             endorsements[node.position] = signature
         outcome = builder.commit(block, endorsements)
         assert outcome.committed, outcome.reason
+        for node in nodes:  # the certificate, as the next message brings it
+            assert node.accept_certificate(block.hash, endorsements)[1] is None
         print(f"committed {block.height}", flush=True)
 
 

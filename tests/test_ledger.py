@@ -202,7 +202,19 @@ def settle(run: Run, round: int, sent: list[dict[str, Any]], *,
     block = run.builder.propose(round, sent, {p.position: p.report(round) for p in run.nodes})
     chosen = run.nodes if validators is None else [run.nodes[v] for v in validators]
     endorsements, refusals = endorse_block(chosen, block)
-    return block, run.builder.commit(block, endorsements, refusals)
+    outcome = run.builder.commit(block, endorsements, refusals)
+    if outcome.committed:
+        certify(run.nodes, block, {v: endorsements[v] for v in outcome.signers})
+    return block, outcome
+
+
+def certify(nodes: Iterable[Participant], block: Block, signatures: dict[int, str]) -> None:
+    """Hand a committed block's certificate to the nodes, as the relay does with the next
+    message: each node that endorsed it advances its head."""
+    for node in nodes:
+        if block.hash in node.pending:
+            accepted, problem = node.accept_certificate(block.hash, signatures)
+            assert problem is None and accepted == block
 
 
 def build_three_rounds(path: Path) -> Run:

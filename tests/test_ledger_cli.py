@@ -29,7 +29,10 @@ def _ledger(folder: Path, rounds: int = 2) -> Path:
                 nodes[3].sign(round, array_digest(np.zeros(2)))]
         block = builder.propose(round, [h.to_dict() for h in sent], {})
         signatures = {n.position: n.endorse(block.body())[0] for n in nodes[1:]}
-        assert builder.commit(block, {k: v for k, v in signatures.items() if v}).committed
+        valid = {k: v for k, v in signatures.items() if v}
+        assert builder.commit(block, valid).committed
+        for node in nodes[1:]:  # the certificate, as the next message brings it
+            assert node.accept_certificate(block.hash, valid)[1] is None
     builder.store.close()
     return folder
 

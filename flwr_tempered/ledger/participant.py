@@ -8,7 +8,13 @@ recent rounds, the blocks it endorsed, and the proven equivocators it excludes. 
 * checks every header it receives before the model may be aggregated (:meth:`receive`),
 * checks a proposed block before endorsing it (:meth:`endorse`): valid contents, its own
   accepted and rejected messages all present (the relay cannot censor its reports), at
-  most one block endorsed per round; and learns the evidence the block carries.
+  most one block endorsed per round, and a parent that is the last block this node holds
+  a commit certificate for; and learns the evidence the block carries,
+* checks commit certificates (:meth:`accept_certificate`: a quorum of the genesis' keys
+  endorsed a block this node endorsed, extending its head) and so keeps the chain's head
+  itself. A relay that withholds a committed block, reorders blocks or proposes on an
+  older parent is refused by every honest node, not only caught by an offline
+  ``verify`` with a pinned head.
 
 Its state is a small JSON dictionary (:meth:`state_dict`), kept with the node.
 """
@@ -21,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .block import Block, Genesis, endorse, key_proof_bytes
+from .block import Block, Genesis, endorse, endorsement_is_valid, key_proof_bytes
 from .crypto import KeyPair, sha256_hex
 from .records import (
     BROADCAST,
@@ -87,6 +93,11 @@ class Participant:
         self.excluded: set[int] = set()
         self.endorsed: dict[int, str] = {}
         self._rounds: dict[int, _RoundRecord] = {}
+        #: The last block this node holds a commit certificate for: (height, hash); the
+        #: genesis (height 0) once pinned.
+        self.head: tuple[int, str] | None = None
+        #: Bodies of the blocks endorsed and not yet certified, by hash.
+        self.pending: dict[str, str] = {}
 
     # ---------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -95,6 +106,8 @@ class Participant:
             "policy": self.policy, "genesis_hash": self.genesis_hash,
             "excluded": sorted(self.excluded),
             "endorsed": {str(r): h for r, h in self.endorsed.items()},
+            "head": list(self.head) if self.head is not None else None,
+            "pending": dict(self.pending),
             "rounds": {str(r): {"accepted": [h.to_dict() for h in sorted(rec.accepted)],
                                 "rejected": [x.to_dict() for x in sorted(rec.rejected)],
                                 "sent": [h.to_dict() for h in sorted(rec.sent)]}
@@ -117,6 +130,9 @@ class Participant:
                 sent={SignedHeader.from_dict(h) for h in rec["sent"]},
             )
         participant.genesis_hash = data.get("genesis_hash")
+        head = data.get("head")
+        participant.head = (int(head[0]), str(head[1])) if head else None
+        participant.pending = {str(h): str(b) for h, b in data.get("pending", {}).items()}
         if genesis_body is not None and participant.genesis_hash is not None:
             participant.adopt_genesis(genesis_body)
         return participant
@@ -144,6 +160,8 @@ class Participant:
         if reason is not None:
             raise LedgerProtocolError(f"node {self.position}: invalid genesis: {reason}")
         self.genesis, self.genesis_hash = genesis, digest
+        if self.head is None:
+            self.head = (0, genesis.hash)
         return genesis
 
     @property
@@ -226,6 +244,12 @@ class Participant:
         previous = self.endorsed.get(block.round)
         if previous is not None and previous != block.hash:
             return None, f"already endorsed another block for round {block.round}"
+        assert self.head is not None
+        height, head_hash = self.head
+        if (block.prev_hash, block.height) != (head_hash, height + 1):
+            return None, (f"proposal's parent is not the last certified block: it extends "
+                          f"{block.prev_hash[:12]}… at height {block.height - 1}, this node's "
+                          f"last certified block is {head_hash[:12]}… at height {height}")
         record = self._rounds.get(block.round)
         if record is not None:
             if not record.accepted <= set(block.commitments):
@@ -239,4 +263,32 @@ class Participant:
         self.endorsed[block.round] = block.hash
         for old in [r for r in self.endorsed if r <= block.round - REMEMBERED_ROUNDS]:
             del self.endorsed[old]
+        self.pending = {h: b for h, b in self.pending.items()
+                        if Block.from_body(b.encode("ascii")).height >= block.height}
+        self.pending[block.hash] = body.decode("ascii")
         return endorse(self.keys, block.hash), None
+
+    def accept_certificate(self, block_hash: str, signatures: Mapping[int, str]
+                           ) -> tuple[Block | None, str | None]:
+        """Check a commit certificate and advance the head: ``(block, None)``, or
+        ``(None, problem)`` when it does not hold (too few valid endorsements, a block
+        this node never endorsed, or one that does not extend its head)."""
+        if self.genesis is None or self.head is None:
+            raise LedgerProtocolError(f"node {self.position} has no genesis yet")
+        if block_hash == self.head[1]:
+            return None, None  # already certified (a repeated certificate)
+        body = self.pending.get(block_hash)
+        if body is None:
+            return None, f"certificate for block {block_hash[:12]}…, which this node never endorsed"
+        valid = [v for v, signature in signatures.items()
+                 if endorsement_is_valid(self.genesis.keys, int(v), block_hash, signature)]
+        if len(valid) < self.genesis.quorum:
+            return None, (f"certificate for block {block_hash[:12]}… holds {len(valid)} valid "
+                          f"endorsements, the quorum is {self.genesis.quorum}")
+        block = Block.from_body(body.encode("ascii"))
+        if (block.prev_hash, block.height) != (self.head[1], self.head[0] + 1):
+            return None, (f"certified block {block_hash[:12]}… does not extend this node's head "
+                          f"{self.head[1][:12]}…")
+        self.head = (block.height, block_hash)
+        del self.pending[block_hash]
+        return block, None

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flwr_tempered.digest import array_digest
-from flwr_tempered.ledger import KeyPair, Participant, SignedHeader, sign_header
+from flwr_tempered.ledger import KeyPair, LedgerStore, Participant, SignedHeader, sign_header
+from flwr_tempered.ledger.block import endorsement_is_valid
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
 from flwr_tempered.node.summary import audit_models
 from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
@@ -192,6 +194,35 @@ def _endorse(participant: Participant, proposal: str) -> dict[str, Any]:
     return {"endorsement": signature} if signature else {"refusal": refusal}
 
 
+#: Node-config key of the folder where a node keeps its own copy of the chain (one SQLite
+#: ledger per node, checkable with ``flwr-tempered ledger verify``).
+LEDGER_DIR_KEY = "ledger-dir"
+
+
+def _certify(participant: Participant, instructions: dict[str, Any], context: Context
+             ) -> dict[str, Any]:
+    """Apply the commit certificate a message carries (advancing the node's head and
+    extending its own copy of the chain); the report of a certificate that does not hold."""
+    certificate = instructions.get("certificate")
+    if not isinstance(certificate, dict):
+        return {}
+    signatures = {int(v): str(sig) for v, sig in dict(certificate.get("signatures", {})).items()}
+    block, problem = participant.accept_certificate(str(certificate.get("hash")), signatures)
+    if problem is not None:
+        return {"certificate_problem": problem}
+    folder = context.node_config.get(LEDGER_DIR_KEY)
+    if block is not None and folder and participant.genesis is not None:
+        path = Path(str(folder)) / f"ledger-{participant.run_id[:12]}-{participant.position}.sqlite"
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with LedgerStore(path) as store:
+            if new:
+                store.write_genesis(participant.genesis)
+            store.append(block, {v: sig for v, sig in signatures.items() if endorsement_is_valid(
+                participant.public_keys, v, block.hash, sig)})
+    return {"head": list(participant.head or ())}
+
+
 def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
            outbox: RecordDict | None = None) -> Message:
     content = outbox if outbox is not None else RecordDict()
@@ -302,8 +333,10 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     clock = _Clock()
     report: dict[str, Any] = {"position": node.position}
     participant = _participant_for(instructions, context) if config.ledger else None
-    if participant is not None and instructions.get("proposal") and not node.byzantine:
-        report.update(_endorse(participant, str(instructions["proposal"])))
+    if participant is not None and not node.byzantine:
+        report.update(_certify(participant, instructions, context))
+        if instructions.get("proposal"):
+            report.update(_endorse(participant, str(instructions["proposal"])))
     clock.lap("time_ledger_s")
     senders, vectors, rejected = _receive(node, participant, instructions, exchange, message,
                                           round_)
@@ -405,13 +438,16 @@ def handle_attack(message: Message, context: Context, config: RunConfig,
 
 def handle_commit(message: Message, context: Context, config: RunConfig,
                   tasks: TaskFactory | None = None) -> Message:
-    """Endorse (or refuse) the block proposal in the message; Byzantine nodes abstain."""
+    """Apply the certificate and endorse (or refuse) the block proposal in the message;
+    Byzantine nodes abstain."""
     instructions = _instructions(message)
     position = int(instructions["position"])
     participant = _participant_for(instructions, context)
     report: dict[str, Any] = {"position": position}
     if position not in build_world(config).topology.byzantine:
-        report.update(_endorse(participant, str(instructions["proposal"])))
+        report.update(_certify(participant, instructions, context))
+        if instructions.get("proposal"):
+            report.update(_endorse(participant, str(instructions["proposal"])))
         save_participant(participant, context)
     return _reply(message, report, {})
 

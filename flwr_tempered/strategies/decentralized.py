@@ -152,6 +152,11 @@ class DecentralizedStrategy:
         self.builder: BlockBuilder | None = None
         self._committed_rejections = 0
         self._equivocators: set[int] = set()
+        #: The commit certificate of the last committed block (hash and the quorum's
+        #: endorsements), sent to the nodes with the next message.
+        self.certificate: dict[str, Any] | None = None
+        #: Proposals the nodes refused: (round, node, reason).
+        self.refusals: list[tuple[int, int, str]] = []
         #: Where each position's peer listens (from the HELLO replies; ``p2p`` only).
         self.peer_urls: dict[int, str] = {}
         #: Registered keys and peers of a ``p2p`` run, sent to the nodes.
@@ -306,7 +311,7 @@ class DecentralizedStrategy:
                 proposed = proposal.body().decode("ascii") if proposal else None
                 for p, payload in payloads.items():
                     payload.update({"genesis": genesis, "headers": [h for _, _, h in inputs[p]],
-                                    "proposal": proposed})
+                                    "proposal": proposed, "certificate": self.certificate})
             start = time.perf_counter()
             self._traffic = {"relay_model_bytes": 0.0}
             log = self._send(grid, TRAIN, payloads, node_ids, mailbox)
@@ -403,23 +408,33 @@ class DecentralizedStrategy:
         return BlockBuilder(LedgerStore(path if path is not None else ":memory:"), genesis)
 
     def _commit(self, proposal: Block, log: RoundLog) -> None:
-        """Commit ``proposal`` with the endorsements in the replies of ``log``."""
+        """Commit ``proposal`` with the endorsements in the replies of ``log``; the nodes
+        get its certificate with the next message (:attr:`certificate`)."""
         assert self.builder is not None
         endorsements = {p: str(r.report["endorsement"]) for p, r in log.replies.items()
                         if isinstance(r.report.get("endorsement"), str)}
         refusals = {p: str(r.report["refusal"]) for p, r in log.replies.items()
                     if "refusal" in r.report}
         outcome = self.builder.commit(proposal, endorsements, refusals)
+        self.refusals.extend((proposal.round, p, reason) for p, reason in refusals.items())
         if outcome.committed:
+            self.certificate = {"hash": proposal.hash, "signatures": {
+                str(v): endorsements[v] for v in outcome.signers}}
             self._committed_rejections += len(proposal.rejections)
             self._equivocators |= {e.sender for e in proposal.evidence}
 
     def _commit_last(self, grid: Grid, node_ids: dict[int, int], proposal: Block,
                      genesis: str) -> None:
-        """The last round's block has no next round to ride on: ask for endorsements."""
+        """The last round's block has no next round to ride on: ask for endorsements,
+        then hand out its certificate, so that every node's head is the chain's."""
         body = proposal.body().decode("ascii")
-        payloads = {p: {"position": p, "genesis": genesis, "proposal": body} for p in node_ids}
+        payloads = {p: {"position": p, "genesis": genesis, "proposal": body,
+                        "certificate": self.certificate} for p in node_ids}
         self._commit(proposal, self._send(grid, COMMIT, payloads, node_ids))
+        if self.certificate is not None and self.certificate["hash"] == proposal.hash:
+            payloads = {p: {"position": p, "genesis": genesis, "proposal": None,
+                            "certificate": self.certificate} for p in node_ids}
+            self._send(grid, COMMIT, payloads, node_ids)
 
     def _forget_all_but(self, inputs: dict[int, list[tuple[int, str, Any]]],
                         mailbox: dict[str, ArrayRecord]) -> None:

@@ -1,0 +1,126 @@
+"""The ledger held by the nodes: each honest node checks the commit certificates the relay
+hands out, keeps the head it holds a certificate for (and, with ``ledger-dir`` in its node
+config, its own copy of the chain), and refuses any proposal that does not extend that
+head. A relay that withholds a committed block or proposes on an older parent is refused
+by the nodes themselves; the tests swap such a relay in for the honest one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.serverapp import Grid
+from test_decentralized import SMALL as DECENTRALIZED_SMALL
+
+from flwr_tempered.ledger import LedgerStore, verify_ledger
+from flwr_tempered.ledger.block import Block
+from flwr_tempered.node import RunConfig, topology_of
+from flwr_tempered.runtime.client import LEDGER_DIR_KEY, make_client_app, load_participant
+from flwr_tempered.runtime.local_grid import LocalGrid
+from flwr_tempered.strategies import DecentralizedStrategy
+
+#: Six nodes on a complete graph, digits, 3 rounds, the ledger on (f = 1, quorum 3).
+SMALL: dict[str, Any] = {**DECENTRALIZED_SMALL, "local_steps": 5, "ledger": True,
+                         "exchange": "inline"}
+PARENT_REFUSAL = "proposal's parent is not the last certified block"
+
+
+def grid_for(config: RunConfig, chains: Path | None = None) -> LocalGrid:
+    grid = LocalGrid(make_client_app(config), config.nodes)
+    if chains is not None:
+        for context in grid.contexts.values():
+            context.node_config[LEDGER_DIR_KEY] = str(chains)
+    return grid
+
+
+def honest_positions(config: RunConfig) -> set[int]:
+    return set(range(config.nodes)) - topology_of(config).byzantine
+
+
+def test_every_honest_node_keeps_the_relays_chain_and_its_head(tmp_path: Path) -> None:
+    config = RunConfig(**SMALL)
+    grid = grid_for(config, tmp_path / "chains")
+    strategy = DecentralizedStrategy(config)
+    strategy.start(grid, ledger=tmp_path / "relay.sqlite")
+    relay = verify_ledger(tmp_path / "relay.sqlite")
+    assert relay.rounds == [1, 2, 3] and strategy.refusals == []
+    copies = sorted((tmp_path / "chains").glob("ledger-*.sqlite"))
+    assert len(copies) == len(honest_positions(config))  # Byzantine nodes keep none
+    for path in copies:
+        report = verify_ledger(path)
+        assert report.genesis.hash == relay.genesis.hash
+        assert [b.hash for b in report.blocks] == [b.hash for b in relay.blocks]
+    for position in honest_positions(config):
+        participant = load_participant(grid.contexts[position + 1])
+        assert participant is not None
+        assert participant.head == (3, relay.head_hash) and participant.pending == {}
+
+
+class WithholdingRelay(DecentralizedStrategy):
+    """Commits round 1's block but never hands out its certificate, then proposes round
+    2's block on top of it (as if the nodes knew it)."""
+
+    def _commit(self, proposal: Block, log: Any) -> None:
+        super()._commit(proposal, log)
+        if proposal.round == 1:
+            self.certificate = None
+
+
+class RollbackRelay(DecentralizedStrategy):
+    """Hands out round 1's certificate, then proposes round 2's block on the genesis
+    again (a rollback that forgets round 1)."""
+
+    def _commit(self, proposal: Block, log: Any) -> None:
+        super()._commit(proposal, log)
+        if proposal.round == 1:
+            assert self.builder is not None
+            self.builder.head_hash = self.builder.genesis.hash
+            self.builder.height = 0
+
+
+@pytest.mark.parametrize("relay", [WithholdingRelay, RollbackRelay],
+                         ids=["withholds a committed block", "proposes on an older parent"])
+def test_the_nodes_refuse_a_relay_that_hides_or_rolls_back_blocks(
+        tmp_path: Path, relay: type[DecentralizedStrategy]) -> None:
+    config = RunConfig(**SMALL)
+    grid: Grid = grid_for(config)
+    strategy = relay(config)
+    metrics = strategy.start(grid, ledger=tmp_path / "relay.sqlite")
+    honest = honest_positions(config)
+    refused = {(round_, node) for round_, node, reason in strategy.refusals
+               if reason.startswith(PARENT_REFUSAL)}
+    # every honest node refuses round 2's proposal, so it never reaches a quorum ...
+    assert {node for round_, node in refused if round_ == 2} == honest
+    with LedgerStore(tmp_path / "relay.sqlite", create=False) as store:
+        assert [round_ for round_, _ in store.uncommitted()][:1] == [2]
+        assert PARENT_REFUSAL in store.uncommitted()[0][1]
+    # ... and the run itself goes on: every round trains and is evaluated
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3]
+    assert all(m["dropped_nodes"] == 0 for m in metrics)
+
+
+def test_a_forged_certificate_moves_no_head(tmp_path: Path) -> None:
+    """A relay that sends a certificate with too few valid endorsements (here: all but
+    one signature flipped) gets it refused, and the node's head stays put."""
+
+    class ForgingRelay(DecentralizedStrategy):
+        def _commit(self, proposal: Block, log: Any) -> None:
+            super()._commit(proposal, log)
+            if proposal.round == 1 and self.certificate is not None:
+                signatures = dict(self.certificate["signatures"])
+                for validator in list(signatures)[1:]:
+                    signatures[validator] = "00" * 64
+                self.certificate = {**self.certificate, "signatures": signatures}
+
+    config = RunConfig(**SMALL)
+    grid = grid_for(config)
+    strategy = ForgingRelay(config)
+    strategy.start(grid, ledger=tmp_path / "relay.sqlite")
+    assert {node for round_, node, reason in strategy.refusals
+            if round_ == 2 and reason.startswith(PARENT_REFUSAL)} == honest_positions(config)
+    for position in honest_positions(config):
+        participant = load_participant(grid.contexts[position + 1])
+        assert participant is not None and participant.head is not None
+        assert participant.head[0] == 0  # never certified round 1, nothing after it
