@@ -244,17 +244,19 @@ def measure(args: argparse.Namespace, nodes: int, isolation: str, exchange: str,
     with federation(args, nodes, isolation, exchange, folder) as fed:
         start = time.perf_counter()
         submit = fed.start("flwr-run", [
-            "flwr", "run", str(REPO), FEDERATION, "--stream",
+            "flwr", "run", str(args.app), FEDERATION, "--stream",
             "--run-config", run_config(args, nodes, exchange, out)])
         try:
             returncode = submit.wait(timeout=args.run_timeout)
         except subprocess.TimeoutExpired:
             returncode = -1
         wall = time.perf_counter() - start
-    if returncode != 0 or not (out / "timings.json").exists():
-        tail = (folder / "logs" / "flwr-run.log").read_text()[-1500:]
+    # `flwr run --stream` exits 0 even when the ServerApp raised: check the results too.
+    timings = (json.loads((out / "timings.json").read_text())
+               if (out / "timings.json").exists() else [])
+    if returncode != 0 or not any(t["round"] >= 1 for t in timings):
+        tail = (folder / "logs" / "flwr-run.log").read_text()[-3000:]
         raise RuntimeError(f"flwr run failed ({returncode}); logs in {folder}:\n{tail}")
-    timings = json.loads((out / "timings.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
     training = [t for t in timings if 1 <= t["round"] < args.rounds]
@@ -482,6 +484,9 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(ISOLATIONS)}")
     parser.add_argument("--exchange", default="inline", help="comma-separated run-config "
                         "exchange values, passed through as exchange='...'")
+    parser.add_argument("--app", type=Path, default=REPO,
+                        help="the Flower app to run (default: this repository's working "
+                        "tree, as `flwr run` bundles it)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--round-timeout", type=float, default=300.0,

@@ -7,6 +7,7 @@ by the nodes themselves; the tests swap such a relay in for the honest one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from test_decentralized import SMALL as DECENTRALIZED_SMALL
 from flwr_tempered.ledger import LedgerStore, verify_ledger
 from flwr_tempered.ledger.block import Block
 from flwr_tempered.node import RunConfig, topology_of
-from flwr_tempered.runtime.client import LEDGER_DIR_KEY, make_client_app, load_participant
+from flwr_tempered.runtime.client import LEDGER_DIR_KEY, load_participant, make_client_app
 from flwr_tempered.runtime.local_grid import LocalGrid
+from flwr_tempered.runtime.protocol import GENESIS_STATE, INSTRUCTIONS
 from flwr_tempered.strategies import DecentralizedStrategy
 
 #: Six nodes on a complete graph, digits, 3 rounds, the ledger on (f = 1, quorum 3).
@@ -124,3 +126,35 @@ def test_a_forged_certificate_moves_no_head(tmp_path: Path) -> None:
         participant = load_participant(grid.contexts[position + 1])
         assert participant is not None and participant.head is not None
         assert participant.head[0] == 0  # never certified round 1, nothing after it
+
+
+def test_the_genesis_travels_once_per_node_and_is_checked_by_hash_after(tmp_path: Path
+                                                                        ) -> None:
+    """Each node gets the genesis with its first ledger message and only its hash after;
+    a node that lost it (its state wiped) fails that round, gets it again, and goes on."""
+    config = RunConfig(**SMALL)
+    grid = grid_for(config)
+    carried: list[tuple[int, int, bool]] = []  # (message round, node, body carried)
+    push = grid.push_messages
+    wiped = False
+
+    def recording_push(messages):  # type: ignore[no-untyped-def]
+        nonlocal wiped
+        messages = list(messages)
+        for message in messages:
+            instructions = json.loads(str(message.content[INSTRUCTIONS]["json"]))
+            if "genesis" in instructions or "genesis_hash" in instructions:
+                carried.append((instructions.get("round", -1), message.metadata.dst_node_id,
+                                bool(instructions.get("genesis"))))
+        if not wiped and any(r == 2 for r, _, _ in carried):
+            del grid.contexts[2].state[GENESIS_STATE]  # node 1 loses its pinned genesis
+            wiped = True
+        return push(messages)
+
+    grid.push_messages = recording_push  # type: ignore[method-assign]
+    metrics = DecentralizedStrategy(config).start(grid, ledger=tmp_path / "relay.sqlite")
+    bodies = [(round_, node) for round_, node, body in carried if body]
+    assert sorted(node for round_, node in bodies if round_ == 0) == list(range(1, 7))
+    assert [(r, n) for r, n in bodies if r != 0] == [(3, 2)]  # again only after the loss
+    assert [m["dropped"] for m in metrics] == [[], [], [1], []]
+    assert verify_ledger(tmp_path / "relay.sqlite").rounds == [1, 2, 3]

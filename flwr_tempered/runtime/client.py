@@ -21,7 +21,14 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flwr_tempered.digest import array_digest
-from flwr_tempered.ledger import KeyPair, LedgerStore, Participant, SignedHeader, sign_header
+from flwr_tempered.ledger import (
+    KeyPair,
+    LedgerProtocolError,
+    LedgerStore,
+    Participant,
+    SignedHeader,
+    sign_header,
+)
 from flwr_tempered.ledger.block import endorsement_is_valid
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
 from flwr_tempered.node.summary import audit_models
@@ -41,6 +48,7 @@ from .protocol import (
     ATTACK,
     AUDIT,
     COMMIT,
+    GENESIS_STATE,
     HELLO,
     INSTRUCTIONS,
     LEDGER_STATE,
@@ -180,11 +188,27 @@ def save_participant(participant: Participant, context: Context) -> None:
 
 
 def _participant_for(instructions: dict[str, Any], context: Context) -> Participant:
-    """The registered participant, with the run's genesis pinned."""
+    """The registered participant, with the run's genesis pinned: the message carries the
+    genesis the first time and its hash afterwards, checked against the one this node
+    keeps in ``context.state``."""
     participant = load_participant(context)
     if participant is None:
         raise RuntimeError("this node has no ledger key: it missed the registration message")
-    participant.adopt_genesis(str(instructions["genesis"]).encode("ascii"))
+    body = instructions.get("genesis")
+    if body:  # first sight (or the relay thinks it was lost): pin it
+        participant.adopt_genesis(str(body).encode("ascii"))
+        context.state[GENESIS_STATE] = ConfigRecord({"body": str(body)})
+        return participant
+    pinned = context.state.get(GENESIS_STATE)
+    if not isinstance(pinned, ConfigRecord):
+        raise RuntimeError("this node holds no genesis for the run and the message carries "
+                           "only its hash; the relay sends it again after this failure")
+    participant.adopt_genesis(str(pinned["body"]).encode("ascii"))
+    named = instructions.get("genesis_hash")
+    if named != participant.genesis_hash:
+        raise LedgerProtocolError(
+            f"node {participant.position}: the relay names genesis {str(named)[:12]}…, this "
+            f"node pinned {str(participant.genesis_hash)[:12]}…")
     return participant
 
 

@@ -29,3 +29,6 @@ METRICS = "tempered.metrics"
 #: Key of a node's ledger identity (its :class:`~flwr_tempered.ledger.Participant` state)
 #: in the ClientApp's ``context.state``.
 LEDGER_STATE = "tempered.ledger"
+
+#: Key of the run's genesis body, pinned by a node on first sight, in ``context.state``.
+GENESIS_STATE = "tempered.genesis"

@@ -155,6 +155,9 @@ class DecentralizedStrategy:
         #: The commit certificate of the last committed block (hash and the quorum's
         #: endorsements), sent to the nodes with the next message.
         self.certificate: dict[str, Any] | None = None
+        #: Positions that hold the genesis (they answered a message that carried it); the
+        #: others get it again, the rest only its hash.
+        self._pinned: set[int] = set()
         #: Proposals the nodes refused: (round, node, reason).
         self.refusals: list[tuple[int, int, str]] = []
         #: Where each position's peer listens (from the HELLO replies; ``p2p`` only).
@@ -204,10 +207,23 @@ class DecentralizedStrategy:
                 self.exchange.collect(reply.content, mailbox)
         log.dropped = sorted(set(payloads) - set(log.replies))
         log.seconds = time.perf_counter() - start
+        carried = {p for p, instructions in payloads.items() if "genesis" in instructions}
+        self._pinned |= carried & set(log.replies)  # they answered: they hold it now
+        self._pinned -= set(log.dropped)  # no answer: send it again, in case it was lost
         log.model_bytes += sent_bytes
         self._traffic["relay_model_bytes"] = (self._traffic.get("relay_model_bytes", 0.0)
                                               + log.model_bytes)
         return log
+
+    def _genesis_for(self, position: int, genesis: str) -> dict[str, str]:
+        """The genesis, for a node that does not hold it yet; its hash for the others
+        (each node pins the genesis once and checks every later message against it)."""
+        if not genesis:
+            return {"genesis": ""}
+        if position in self._pinned:
+            assert self.builder is not None
+            return {"genesis_hash": self.builder.genesis.hash}
+        return {"genesis": genesis}
 
     def _count_traffic(self, sender: int, metrics: dict[str, float]) -> None:
         """Add a reply's peer-to-peer counters to the round's traffic; its peer's
@@ -298,7 +314,7 @@ class DecentralizedStrategy:
             evaluate = t == 0 or t % config.eval_every == 0 or t == config.rounds
             train = message_round <= config.rounds
             publish_model = evaluate or self.attack_needs_previous
-            payloads = {
+            payloads: dict[int, dict[str, Any]] = {
                 p: {
                     "round": t, "position": p, "store": store, "train": train,
                     "evaluate": evaluate, "publish_model": publish_model,
@@ -310,7 +326,8 @@ class DecentralizedStrategy:
             if builder is not None:
                 proposed = proposal.body().decode("ascii") if proposal else None
                 for p, payload in payloads.items():
-                    payload.update({"genesis": genesis, "headers": [h for _, _, h in inputs[p]],
+                    payload.update({**self._genesis_for(p, genesis),
+                                    "headers": [h for _, _, h in inputs[p]],
                                     "proposal": proposed, "certificate": self.certificate})
             start = time.perf_counter()
             self._traffic = {"relay_model_bytes": 0.0}
@@ -428,11 +445,11 @@ class DecentralizedStrategy:
         """The last round's block has no next round to ride on: ask for endorsements,
         then hand out its certificate, so that every node's head is the chain's."""
         body = proposal.body().decode("ascii")
-        payloads = {p: {"position": p, "genesis": genesis, "proposal": body,
+        payloads = {p: {"position": p, **self._genesis_for(p, genesis), "proposal": body,
                         "certificate": self.certificate} for p in node_ids}
         self._commit(proposal, self._send(grid, COMMIT, payloads, node_ids))
         if self.certificate is not None and self.certificate["hash"] == proposal.hash:
-            payloads = {p: {"position": p, "genesis": genesis, "proposal": None,
+            payloads = {p: {"position": p, **self._genesis_for(p, genesis), "proposal": None,
                             "certificate": self.certificate} for p in node_ids}
             self._send(grid, COMMIT, payloads, node_ids)
 
@@ -476,7 +493,7 @@ class DecentralizedStrategy:
                     "previous": models.get(target, ""),
                 })
             payloads[attacker] = {"position": attacker, "round": round_, "store": store,
-                                  "targets": targets, "genesis": genesis}
+                                  "targets": targets, **self._genesis_for(attacker, genesis)}
         return self._send(grid, ATTACK, payloads, node_ids, mailbox)
 
     def _next_inputs(self, half: dict[int, str], crafted: dict[int, dict[str, str]],
