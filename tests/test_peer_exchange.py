@@ -24,7 +24,12 @@ from process_groups import free_port
 from flwr_tempered.digest import array_digest
 from flwr_tempered.ledger.crypto import KeyPair
 from flwr_tempered.node import RunConfig
-from flwr_tempered.runtime.client import PEER_TOKEN_KEY, PEER_URL_KEY, make_client_app
+from flwr_tempered.runtime.client import (
+    PEER_LOCAL_URL_KEY,
+    PEER_TOKEN_KEY,
+    PEER_URL_KEY,
+    make_client_app,
+)
 from flwr_tempered.runtime.exchange import (
     DigestMismatchError,
     ExchangeError,
@@ -206,16 +211,20 @@ RUN: dict[str, Any] = {
 
 
 def run_relay_locally(config: RunConfig, out: Path, peers: list[PeerServer] | None = None,
-                      tokens: list[Path] | None = None,
-                      on_round: Any = None) -> list[dict[str, Any]]:
+                      tokens: list[Path] | None = None, on_round: Any = None,
+                      behind_nat: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     """The relay ServerApp and the nodes on a LocalGrid; with ``peers``, node ``i``'s node
-    config names peer ``i``."""
+    config names peer ``i``. A node ``behind_nat`` advertises an address nobody can reach
+    and reaches its own peer at its real one (``peer-local-url``)."""
     grid = LocalGrid(make_client_app(config), config.nodes)
     if peers is not None:
         assert tokens is not None
         for position, (server, token) in enumerate(zip(peers, tokens, strict=True)):
-            grid.contexts[position + 1].node_config.update(
-                {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)})
+            node_config = {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)}
+            if position in behind_nat:
+                node_config = {PEER_URL_KEY: f"http://127.0.0.1:{free_port()}",
+                               PEER_LOCAL_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)}
+            grid.contexts[position + 1].node_config.update(node_config)
     server_app: ServerApp = make_server_app(config, out, progress=on_round)
     server_app(grid, Context(run_id=grid.run.run_id, node_id=0, node_config={},
                              state=RecordDict(), run_config={}))
@@ -293,10 +302,37 @@ def test_a_tampering_peer_and_a_killed_peer_cost_their_models_not_the_run(
             server.stop()
     assert [m["round"] for m in metrics] == [0, 1, 2, 3]
     assert all(m["accuracy_mean"] is not None for m in metrics)
-    # node 2's two neighbours and the auditor refuse its tampered bytes every round
-    assert [m.get("p2p_failed_tampered", 0) for m in metrics] == [0, 3, 3, 3]
-    # node 4's peer is gone after round 1: in round 2 its neighbours cannot reach the
-    # model it published in round 1; node 4 itself cannot publish any more, so it is
-    # dropped from round 2 on and names no model to fetch in round 3
-    assert [m.get("p2p_failed_unreachable", 0) for m in metrics] == [0, 0, 2, 0]
+    # node 2's two neighbours and the auditor refuse its tampered bytes every round; in
+    # round 2 node 3 asks twice (below)
+    assert [m.get("p2p_failed_tampered", 0) for m in metrics] == [0, 3, 4, 3]
+    # node 4's peer is gone after round 1: in round 2 its neighbours 3 and 5 cannot reach
+    # the model it published in round 1, ask for the relay's fallback, get nothing (node 4
+    # cannot read its own peer either) and try once more; node 4 cannot publish any more,
+    # so it is dropped from round 2 on and names no model to fetch in round 3
+    assert [m.get("p2p_failed_unreachable", 0) for m in metrics] == [0, 0, 4, 0]
+    assert [m.get("p2p_fallback_models", 0) for m in metrics] == [0, 0, 0, 0]
     assert [m["dropped"] for m in metrics] == [[], [], [4], [4]]
+
+
+def test_a_node_whose_peer_its_neighbours_cannot_reach_gets_through_the_relay_inline(
+        tmp_path: Path, six_peers: tuple[list[PeerServer], list[Path]]) -> None:
+    """Node 1 is behind a NAT: its advertised peer address answers nobody. Its neighbours
+    ask for the relay's fallback, node 1 uploads its model inline, and the run gives the
+    inline exchange's results; only those fallback models cross the relay."""
+    servers, tokens = six_peers
+    inline = run_relay_locally(RunConfig(**RUN, exchange="inline"), tmp_path / "inline")
+    p2p = run_relay_locally(RunConfig(**RUN, exchange="p2p"), tmp_path / "p2p", servers,
+                            tokens, behind_nat=frozenset({1}))
+    for mine, theirs in zip(p2p, inline, strict=True):
+        for key in STABLE:
+            assert mine.get(key) == pytest.approx(theirs.get(key), rel=1e-6, abs=1e-9), key
+    relayed = timings(tmp_path / "p2p")
+    # Rounds 1-3: node 1 uploads its half-step model (for its two ring neighbours) and its
+    # evaluation model (for the audit). Round 0 needs none: every node starts from the
+    # same model, so its digest is served by any peer that holds it.
+    assert [t.get("p2p_fallback_models", 0) for t in relayed] == [0, 2, 2, 2]
+    # Flower's arrays travel as .npy bytes, the same encoding as peer to peer
+    model = len(encode_model(np.zeros(64 * 10 + 10, dtype=np.float32)))
+    # through the relay: 2 models uploaded, 2 copies of the half to the neighbours, 1 to
+    # the auditor
+    assert [t["relay_model_bytes"] for t in relayed] == [0, 5 * model, 5 * model, 5 * model]

@@ -37,6 +37,7 @@ from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
 from .exchange import (
     DigestMismatchError,
     ExchangeError,
+    InlineExchange,
     ModelExchange,
     PeerDirectory,
     PeerExchange,
@@ -55,6 +56,7 @@ from .protocol import (
     METRICS,
     REGISTER,
     REPORT,
+    UPLOAD,
 )
 from .state import load_node_state, save_node_state
 
@@ -85,8 +87,10 @@ def _instructions(message: Message) -> dict[str, Any]:
 
 
 #: Node-config keys of a SuperNode's peer (``exchange = "p2p"``): the address its
-#: neighbours fetch from, and the file holding the token that authorises publishing.
-PEER_URL_KEY, PEER_TOKEN_KEY = "peer-url", "peer-token-file"
+#: neighbours fetch from, the file holding the token that authorises publishing, and
+#: (optional) the address the node itself reaches its peer at, when that differs (NAT).
+PEER_URL_KEY, PEER_TOKEN_KEY, PEER_LOCAL_URL_KEY = "peer-url", "peer-token-file", \
+    "peer-local-url"
 
 
 def _exchange(config: RunConfig, instructions: dict[str, Any], context: Context | None = None
@@ -114,8 +118,9 @@ def _peer_exchange(config: RunConfig, instructions: dict[str, Any], context: Con
         raise RuntimeError("this node has no key for the run: it missed the registration "
                            "message, so it cannot sign its peer-to-peer requests")
     round_ = int(instructions.get("round", 0))
+    own_url = context.node_config.get(PEER_LOCAL_URL_KEY) or url
     return PeerExchange(directory=PeerDirectory.from_dict(instructions["directory"]),
-                        keys=participant.keys, own_url=str(url),
+                        keys=participant.keys, own_url=str(own_url),
                         token=read_token(str(token_file)), round=round_,
                         sources=_sources(instructions, round_),
                         timeout=min(config.round_timeout / 4, 10.0))
@@ -146,7 +151,8 @@ def _peer_metrics(exchange: ModelExchange, with_stats: bool = False) -> dict[str
     if not isinstance(exchange, PeerExchange):
         return {}
     metrics = {"p2p_fetched_bytes": float(exchange.fetched_bytes),
-               "p2p_published_bytes": float(exchange.published_bytes)}
+               "p2p_published_bytes": float(exchange.published_bytes),
+               "p2p_fallbacks": float(exchange.fallbacks)}
     metrics.update({f"p2p_failed_{reason}": float(count)
                     for reason, count in exchange.failures.items()})
     if with_stats:
@@ -352,6 +358,12 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     if state is not None:
         node.load_state(state)
     exchange = _exchange(config, instructions, context)
+    if isinstance(exchange, PeerExchange) and not instructions.get("fallback"):
+        missing = exchange.unreachable([str(d) for d in instructions["digests"]],
+                                       message.content)
+        if missing:  # ask for the relay's fallback before changing anything
+            return _reply(message, {"position": node.position, "missing": missing},
+                          _peer_metrics(exchange))
     outbox = RecordDict()
     round_ = int(instructions["round"])
     clock = _Clock()
@@ -460,6 +472,25 @@ def handle_attack(message: Message, context: Context, config: RunConfig,
     return _reply(message, report, metrics, outbox)
 
 
+def handle_upload(message: Message, context: Context, config: RunConfig,
+                  tasks: TaskFactory | None = None) -> Message:
+    """Hand the relay, inline, models this node published that a neighbour could not
+    fetch from its peer (the peer-to-peer fallback)."""
+    instructions = _instructions(message)
+    exchange = _exchange(config, instructions, context)
+    assert isinstance(exchange, PeerExchange)
+    outbox = RecordDict()
+    uploaded = []
+    for digest in instructions["digests"]:
+        try:
+            array = exchange.read_own(str(digest))
+        except ExchangeError:
+            continue
+        InlineExchange().publish(array, outbox)
+        uploaded.append(str(digest))
+    return _reply(message, {"uploaded": uploaded}, _peer_metrics(exchange), outbox)
+
+
 def handle_commit(message: Message, context: Context, config: RunConfig,
                   tasks: TaskFactory | None = None) -> Message:
     """Apply the certificate and endorse (or refuse) the block proposal in the message;
@@ -483,6 +514,11 @@ def handle_audit(message: Message, context: Context, config: RunConfig,
     instructions = _instructions(message)
     world = build_world(config)
     exchange = _exchange(config, instructions, context)
+    if isinstance(exchange, PeerExchange) and not instructions.get("fallback"):
+        missing = exchange.unreachable([str(d) for _, d in instructions["models"]],
+                                       message.content)
+        if missing:  # ask for the relay's fallback
+            return _reply(message, {"missing": missing}, _peer_metrics(exchange))
     models: dict[int, torch.Tensor] = {}
     for position, digest in instructions["models"]:
         array = _fetch(exchange, digest, message)
@@ -499,7 +535,7 @@ Handler = Callable[[Message, Context, RunConfig, TaskFactory | None], Message]
 #: The ``query.<action>`` messages a node answers, by message type.
 QUERY_HANDLERS: dict[str, Handler] = {
     HELLO: handle_hello, REGISTER: handle_register, ATTACK: handle_attack,
-    AUDIT: handle_audit, COMMIT: handle_commit,
+    AUDIT: handle_audit, COMMIT: handle_commit, UPLOAD: handle_upload,
 }
 
 

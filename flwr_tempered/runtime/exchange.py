@@ -48,6 +48,10 @@ class DigestMismatchError(ExchangeError):
     """The bytes found under a digest are not the bytes that digest names."""
 
 
+class PeerUnreachableError(ExchangeError):
+    """The peer holding a model did not answer (down, firewalled, behind a NAT)."""
+
+
 class ModelExchange(ABC):
     """Publish a model, get its digest; fetch by digest, verified."""
 
@@ -273,7 +277,36 @@ class PeerExchange(ModelExchange):
         self._client = httpx.Client(timeout=timeout)
         self.fetched_bytes = 0
         self.published_bytes = 0
+        self.fallbacks = 0
         self.failures: Counter[str] = Counter()
+        self._fetched: dict[str, np.ndarray] = {}
+        self._failed: dict[str, ExchangeError] = {}
+
+    def unreachable(self, digests: Collection[str], inbox: RecordDict) -> list[str]:
+        """Fetch ``digests`` ahead (kept for :meth:`fetch`) and return those whose peer could
+        not be reached: candidates for the relay's inline fallback. Refused or tampered
+        models are not: a peer that answers has decided."""
+        missing = []
+        for digest in digests:
+            try:
+                self._fetched[digest] = self.fetch(digest, inbox)
+            except PeerUnreachableError:
+                missing.append(digest)
+            except ExchangeError as error:  # decided: the same answer later, uncounted
+                self._failed[digest] = error
+        return missing
+
+    def read_own(self, digest: str) -> np.ndarray:
+        """A model this node published, read back from its own peer (owner token)."""
+        try:
+            response = self._client.get(f"{self.own_url}/v1/models/{digest}",
+                                        headers={"authorization": f"Bearer {self.token}"})
+        except httpx.HTTPError as error:
+            raise ExchangeError(f"this node's peer {self.own_url} unreachable: {error}"
+                                ) from None
+        if response.status_code != 200:
+            raise ExchangeError(f"this node's peer holds no model {digest[:12]}…")
+        return _verified(decode_model(response.content), digest)
 
     def publish(self, array: np.ndarray, outbox: RecordDict, *,
                 readers: Collection[int] | None = None, round: int | None = None) -> str:
@@ -295,6 +328,14 @@ class PeerExchange(ModelExchange):
         return digest
 
     def fetch(self, digest: str, inbox: RecordDict) -> np.ndarray:
+        if digest in self._fetched:
+            return self._fetched[digest]
+        if digest in self._failed:
+            raise self._failed[digest]
+        if INLINE_PREFIX + digest in inbox:  # the relay's fallback delivered it inline
+            array = InlineExchange().fetch(digest, inbox)
+            self.fallbacks += 1
+            return array
         sender, round_ = self.sources.get(digest, (None, self.round))
         url = self.directory.peers.get(sender) if sender is not None else None
         if url is None:
@@ -306,7 +347,8 @@ class PeerExchange(ModelExchange):
                                         headers=headers)
         except httpx.HTTPError as error:
             self.failures["unreachable"] += 1
-            raise ExchangeError(f"peer {url} of node {sender} unreachable: {error}") from None
+            raise PeerUnreachableError(f"peer {url} of node {sender} unreachable: {error}"
+                                       ) from None
         if response.status_code != 200:
             reason = _refusal_of(response)
             self.failures[f"refused_{reason}"] += 1

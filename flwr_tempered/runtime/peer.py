@@ -5,14 +5,14 @@ A SuperNode's ClientApp process lives for one message, so the server that hands 
 models to the neighbours runs beside the SuperNode as its own long-lived process
 (``flwr-tempered peer --listen HOST:PORT --token-file FILE``). The node *publishes* each
 model it sends to its own peer (``PUT /v1/models/<digest>``, authorised by the token that
-only the node's machine can read), naming the run, the round and the public keys of the
-nodes entitled to read it (its recipients along this round's graph). A neighbour *fetches*
-it by digest (``GET /v1/models/<digest>``) with a request signed by its Ed25519 key (the
-one the run registered) over (run, round, requester, digest, nonce). The peer serves the
-bytes only to a requester that is entitled, has signed, and has not used that signature
-before; every refusal is counted by reason (``GET /v1/stats``, token only), and the
-receiver checks the bytes against the digest before use, so a peer that serves tampered
-bytes gains nothing.
+only the node's machine can read; with the token it may also read its models back),
+naming the run, the round and the public keys of the nodes entitled to read it (its
+recipients along this round's graph). A neighbour *fetches* it by digest
+(``GET /v1/models/<digest>``) with a request signed by its Ed25519 key (the one the run
+registered) over (run, round, requester, digest, nonce). The peer serves the bytes only to
+a requester that is entitled, has signed, and has not used that signature before; every
+refusal is counted by reason (``GET /v1/stats``, token only), and the receiver checks the
+bytes against the digest before use, so a peer that serves tampered bytes gains nothing.
 
 Wire format: the ``.npy`` encoding of the one array (``numpy.save`` with
 ``allow_pickle=False``; read back with ``allow_pickle=False``): raw bytes behind a short
@@ -172,6 +172,12 @@ class PeerStore:
             self.served_bytes += len(entry.body)
             return entry.body, None
 
+    def owned(self, digest: str) -> bytes | None:
+        """The bytes of a model this peer holds, for its owner (no access rules)."""
+        with self._lock:
+            entry = self._entries.get(digest)
+            return entry.body if entry is not None else None
+
     def _refusal(self, digest: str, values: dict[str, str]) -> str | None:
         if not values["signature"] or not values["requester"]:
             return "unsigned"
@@ -233,6 +239,11 @@ def peer_app(store: PeerStore, token: str) -> Starlette:
         return JSONResponse({"digest": digest})
 
     async def get_model(request: Request) -> Response:
+        if owner(request):  # the node reads back its own model (to hand it to the relay)
+            body = store.owned(request.path_params["digest"])
+            if body is None:
+                return JSONResponse({"refused": "unknown_model"}, 404)
+            return Response(body, media_type=_CONTENT_TYPE)
         body, reason = store.fetch(request.path_params["digest"], dict(request.headers))
         if body is None:
             status = {"unsigned": 401, "bad_signature": 401, "replayed": 409,

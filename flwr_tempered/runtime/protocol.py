@@ -8,7 +8,10 @@ evaluation rounds one honest node a ``query.audit`` message (average the honest 
 measure consensus). Models are named by digest; see :mod:`flwr_tempered.runtime.exchange`.
 With the ledger on, every model travels with its sender's signed header, a train message
 also carries the previous round's block proposal for the node to endorse, and the last
-block is endorsed through a ``query.commit`` message.
+block is endorsed through a ``query.commit`` message. Peer to peer, a node that cannot
+reach a sender's peer answers its train message with the digests it misses; the relay
+asks the senders for them (``query.upload``) and sends the train message again with
+those models inline (the fallback).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ ATTACK = "query.attack"
 AUDIT = "query.audit"
 REGISTER = "query.register"
 COMMIT = "query.commit"
+UPLOAD = "query.upload"
 
 #: Record names inside a message's ``RecordDict``.
 INSTRUCTIONS = "tempered.instructions"

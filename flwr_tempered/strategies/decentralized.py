@@ -55,6 +55,7 @@ from flwr_tempered.runtime.protocol import (
     REGISTER,
     REPORT,
     TRAIN,
+    UPLOAD,
 )
 from flwr_tempered.topology import round_metrics
 
@@ -215,6 +216,40 @@ class DecentralizedStrategy:
                                               + log.model_bytes)
         return log
 
+    def _fallback(self, grid: Grid, kind: str, payloads: dict[int, dict[str, Any]],
+                  node_ids: dict[int, int], log: RoundLog) -> RoundLog:
+        """Peer to peer: the nodes that could not reach a sender's peer get the models
+        inline. The senders upload them (``query.upload``), and the message (train or
+        audit) goes again, with those models, to the nodes that asked;
+        ``p2p_fallback_models`` counts the models that took this way."""
+        needing = {p: [str(d) for d in r.report["missing"]] for p, r in log.replies.items()
+                   if r.report.get("missing")}
+        if not needing:
+            return log
+        wanted: dict[int, set[str]] = {}
+        for position, digests in needing.items():
+            payload = payloads[position]
+            source = {**dict(zip(payload.get("digests", []), payload.get("senders", []),
+                                 strict=True)),
+                      **{d: p for p, d in payload.get("models", [])}}
+            for digest in digests:
+                if digest in source:
+                    wanted.setdefault(int(source[digest]), set()).add(digest)
+        inline: dict[str, ArrayRecord] = {}
+        uploads = self._send(grid, UPLOAD, {s: {"position": s, "digests": sorted(d)}
+                                            for s, d in wanted.items()}, node_ids, inline)
+        self._traffic["p2p_fallback_models"] = (
+            self._traffic.get("p2p_fallback_models", 0.0) + len(inline))
+        again = self._send(grid, kind, {p: {**payloads[p], "fallback": True}
+                                        for p in needing}, node_ids, inline)
+        for position in needing:
+            log.replies.pop(position, None)
+        log.replies.update(again.replies)
+        log.dropped = sorted(set(payloads) - set(log.replies))
+        log.seconds += uploads.seconds + again.seconds
+        log.model_bytes += uploads.model_bytes + again.model_bytes
+        return log
+
     def _genesis_for(self, position: int, genesis: str) -> dict[str, str]:
         """The genesis, for a node that does not hold it yet; its hash for the others
         (each node pins the genesis once and checks every later message against it)."""
@@ -332,6 +367,8 @@ class DecentralizedStrategy:
             start = time.perf_counter()
             self._traffic = {"relay_model_bytes": 0.0}
             log = self._send(grid, TRAIN, payloads, node_ids, mailbox)
+            if self.directory is not None:
+                log = self._fallback(grid, TRAIN, payloads, node_ids, log)
             half = {p: r.report["half"] for p, r in log.replies.items() if "half" in r.report}
             headers = {p: r.report.get("header") for p, r in log.replies.items()}
             models = {p: r.report["model"] for p, r in log.replies.items() if "model" in r.report}
@@ -473,6 +510,9 @@ class DecentralizedStrategy:
         payload = {"position": auditors[0], "store": store, "round": round_,
                    "models": sorted((p, d) for p, d in models.items() if p in honest)}
         audit_log = self._send(grid, AUDIT, {auditors[0]: payload}, node_ids, mailbox)
+        if self.directory is not None:
+            audit_log = self._fallback(grid, AUDIT, {auditors[0]: payload}, node_ids,
+                                       audit_log)
         reply = audit_log.replies.get(auditors[0])
         return reply.metrics if reply else {}
 
