@@ -92,22 +92,47 @@ def wait_for_port(port: int, seconds: float, process: subprocess.Popen[bytes] | 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
 
 
-def _session_members(sessions: set[int]) -> list[tuple[int, str]]:
-    """(pid, command) of the live processes in ``sessions`` (Linux /proc)."""
-    members = []
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every live process: pid -> (parent pid, session id, start time) (Linux /proc)."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] == "Z" or int(fields[3]) not in sessions:
-                continue
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
-        members.append((int(entry.name), command))
-    return members
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]), fields[19])
+    return table
+
+
+def _family(roots: set[int]) -> dict[int, str]:
+    """The live processes in the sessions ``roots`` lead, and all their descendants
+    (Flower starts the SuperLink's ``flower-superexec`` in a session of its own):
+    pid -> start time, so that a pid reused later is never signalled."""
+    table = _processes()
+    family = {pid: start for pid, (_, sid, start) in table.items() if sid in roots}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _, start) in table.items():
+            if ppid in family and pid not in family:
+                family[pid] = start
+                grew = True
+    return family
+
+
+def _signal_family(family: dict[int, str], sig: int) -> list[int]:
+    """Send ``sig`` to the members of ``family`` still alive (same start time); returns
+    their pids."""
+    table = _processes()
+    alive = [pid for pid, start in family.items() if pid in table and table[pid][2] == start]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return alive
 
 
 # --------------------------------------------------------------------------- federation
@@ -148,10 +173,10 @@ class Federation:
         self.processes.append(process)
         return process
 
-    def stop(self, seconds: float = 20.0) -> list[tuple[int, str]]:
-        """SIGTERM every group, wait, SIGKILL what is left of them; returns what still
-        lives in the sessions afterwards (should be nothing)."""
-        sessions = {p.pid for p in self.processes}
+    def stop(self, seconds: float = 20.0) -> list[int]:
+        """SIGTERM every group, wait, SIGKILL what is left of them and of their
+        descendants; returns the pids still alive afterwards (should be none)."""
+        family = _family({p.pid for p in self.processes})
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -160,15 +185,18 @@ class Federation:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
         time.sleep(1.0)  # other members of the groups (superexec, clientapps) exiting
+        family.update(_family({p.pid for p in self.processes}))
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+        _signal_family(family, signal.SIGKILL)
+        for process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
         for log in self.logs:
             log.close()
         time.sleep(0.5)
-        return _session_members(sessions)
+        return _signal_family(family, 0)
 
 
 def supernode_command(args: argparse.Namespace, isolation: str, node: NodeSpec) -> list[str]:
@@ -444,9 +472,10 @@ def supernode_shim(cap: float, argv: list[str]) -> None:
     from flwr.supernode.cli import flower_supernode
 
     real = time.sleep
-    loop.time = types.SimpleNamespace(  # type: ignore[attr-defined]
+    shim = types.SimpleNamespace(
         **{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
-    loop.time.sleep = lambda seconds: real(min(seconds, cap))
+    shim.sleep = lambda seconds: real(min(float(seconds), cap))
+    vars(loop)["time"] = shim
     pull = loop.pull_objects
 
     def pull_objects(*args: Any, **kwargs: Any) -> Any:
@@ -459,7 +488,7 @@ def supernode_shim(cap: float, argv: list[str]) -> None:
         finally:
             print(f"pull_objects {time.perf_counter() - start:.3f} s", flush=True)
 
-    loop.pull_objects = pull_objects
+    vars(loop)["pull_objects"] = pull_objects
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
 
@@ -515,22 +544,32 @@ def main() -> None:
     isolations = _csv(args.isolation)
     if unknown := [i for i in isolations if i not in ISOLATIONS]:
         parser.error(f"unknown isolation {unknown}; choose from {ISOLATIONS}")
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the federation on SIGTERM too
+    # Stop the federation on Ctrl-C and SIGTERM, also when started in the background
+    # (where a shell may have set SIGINT to be ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     base = args.keep or Path(tempfile.mkdtemp(prefix="flwr-deployment-"))
     base.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
     try:
         for nodes in [int(n) for n in _csv(args.nodes)]:
             for exchange in _csv(args.exchange):
                 for isolation in isolations:
                     folder = base / f"n{nodes}-{isolation}-{exchange}"
                     print(f"{nodes} nodes, {isolation}, {exchange}: {folder}", flush=True)
-                    row = measure(args, nodes, isolation, exchange, folder)
+                    try:
+                        row = measure(args, nodes, isolation, exchange, folder)
+                    except (RuntimeError, TimeoutError) as error:
+                        failed.append(f"{nodes} nodes, {isolation}, {exchange}")
+                        print(f"  FAILED: {error}", file=sys.stderr, flush=True)
+                        continue
                     print(f"  {row['round_s']:.1f} s per round, {row['wall_s']:.1f} s wall",
                           flush=True)
                     rows.append(row)
     except KeyboardInterrupt:
         print("interrupted; every started process group was stopped", file=sys.stderr)
+        failed.append("interrupted")
     finally:
         if rows:
             print_tables(rows, args)
@@ -538,6 +577,8 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(base, ignore_errors=True)
+    if failed:
+        sys.exit(f"failed: {'; '.join(failed)}")
 
 
 if __name__ == "__main__":

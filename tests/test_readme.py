@@ -140,11 +140,14 @@ EXERCISES: dict[str, Exercise] = {
         RAY_CLUSTER,
     "ray start --address": RAY_CLUSTER,
     "flower-superlink --insecure --host 0.0.0.0 --port 8000": DEPLOYMENT,
-    "flower-supernode --insecure --superlink COORDINATOR:8000 --node-config "
-    "\"partition-id=0 num-partitions=4\" --port 9094": DEPLOYMENT,
+    "flwr-tempered peer --listen 0.0.0.0:9101 --token-file /home/me/peer.token":
+        DEPLOYMENT,
+    "flower-supernode --insecure --superlink COORDINATOR:8000 --port 9094 --node-config "
+    "\"partition-id=P num-partitions=N peer-url='http://THIS_HOST:9101' "
+    "peer-token-file='/home/me/peer.token'\"": DEPLOYMENT,
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . federation --stream "
     "--run-config \"nodes=4 byzantine=1 topology='ring' topology-args='{}' "
-    "exchange='inline'\"": DEPLOYMENT,
+    "exchange='p2p'\"": DEPLOYMENT,
     # Ledger (reads the results of DEMO above)
     "flwr-tempered ledger verify results/demo": Exercise("shortened"),
     "flwr-tempered ledger show results/demo": Exercise("shortened"),
