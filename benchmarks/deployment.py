@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -152,8 +151,29 @@ class NodeSpec:
 #: ``SIDECARS[exchange](node) -> [command, ...]``, each command started in its own
 #: session and stopped with the federation. ``NODE_CONFIG[exchange](node)`` adds
 #: ``key=value`` pairs to the SuperNode's ``--node-config``.
-SIDECARS: dict[str, Callable[[NodeSpec], list[list[str]]]] = {}
-NODE_CONFIG: dict[str, Callable[[NodeSpec], str]] = {}
+def _peer_port(node: NodeSpec) -> int:
+    """The port of a node's peer (``exchange = "p2p"``): chosen once per node."""
+    if node.partition not in _PEER_PORTS.setdefault(node.folder, {}):
+        _PEER_PORTS[node.folder][node.partition] = free_port()
+    return _PEER_PORTS[node.folder][node.partition]
+
+
+_PEER_PORTS: dict[Path, dict[int, int]] = {}
+
+
+def _peer_token(node: NodeSpec) -> Path:
+    return node.folder / f"peer-{node.partition}.token"
+
+
+SIDECARS: dict[str, Callable[[NodeSpec], list[list[str]]]] = {
+    "p2p": lambda node: [["flwr-tempered", "peer", "--listen",
+                          f"127.0.0.1:{_peer_port(node)}", "--token-file",
+                          str(_peer_token(node))]],
+}
+NODE_CONFIG: dict[str, Callable[[NodeSpec], str]] = {
+    "p2p": lambda node: (f"peer-url='http://127.0.0.1:{_peer_port(node)}' "
+                         f"peer-token-file='{_peer_token(node)}'"),
+}
 
 
 @dataclass
@@ -206,9 +226,9 @@ def supernode_command(args: argparse.Namespace, isolation: str, node: NodeSpec) 
     flags = ["--insecure", "--superlink", node.superlink, "--node-config", config,
              "--port", str(node.runtime_port),
              "--isolation", "subprocess" if isolation == "subprocess" else "process"]
-    if args.fleet_poll is not None:  # Flower's SuperNode, its idle sleep capped
-        return [sys.executable, str(Path(__file__).resolve()), "--supernode-shim",
-                str(args.fleet_poll), "--", *flags]
+    if args.fleet_poll is not None:  # Flower's SuperNode, its idle sleeps capped
+        return ["flwr-tempered", "supernode", "--poll-cap", str(args.fleet_poll), "--",
+                *flags]
     return ["flower-supernode", *flags]
 
 
@@ -232,19 +252,22 @@ def federation(args: argparse.Namespace, nodes: int, isolation: str, exchange: s
         wait_for_port(port, 60, superlink)
         specs = [NodeSpec(p, nodes, free_port(), f"127.0.0.1:{port}", exchange, folder)
                  for p in range(nodes)]
+        for node in specs:  # the sidecars first: the SuperNodes' apps use them
+            for i, command in enumerate(SIDECARS.get(exchange, lambda _: [])(node)):
+                fed.start(f"sidecar-{node.partition}-{i}", command)
+            if exchange == "p2p":
+                wait_for_port(_peer_port(node), 60)
         supernodes = [fed.start(f"supernode-{node.partition}",
                                 supernode_command(args, isolation, node)) for node in specs]
         for node in specs:
             runtime = f"127.0.0.1:{node.runtime_port}"
             if isolation == "process":
                 fed.start(f"worker-{node.partition}", [
-                    sys.executable, str(Path(__file__).resolve()), "--worker",
-                    "--runtime-api-address", runtime, "--poll", str(args.worker_poll)])
+                    "flwr-tempered", "clientapp", "--runtime-api-address", runtime,
+                    "--poll", str(args.worker_poll)])
             elif isolation == "superexec":
                 fed.start(f"superexec-{node.partition}", [
                     "flower-superexec", "--insecure", "--runtime-api-address", runtime])
-            for i, command in enumerate(SIDECARS.get(exchange, lambda _: [])(node)):
-                fed.start(f"sidecar-{node.partition}-{i}", command)
         for node, process in zip(specs, supernodes, strict=True):
             wait_for_port(node.runtime_port, 120, process)
         (home / "config.toml").write_text(
@@ -340,159 +363,6 @@ def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
               + " | ".join(cells) + " |")
 
 
-# ------------------------------------------------------------------- process-mode worker
-def run_worker(runtime_api_address: str, poll: float) -> None:
-    """A long-lived ClientApp executor for one SuperNode in ``--isolation process``.
-
-    Claims each pending task (one per message) with ``AcquireTask``, then does what
-    ``flwr-clientapp --token TOKEN`` does for that one task, in this process: pull the
-    message and context, load the ClientApp from the installed FAB (cached), call it,
-    push the reply and then the context. Flower 1.41 internals; not a public API.
-    """
-    import torch  # noqa: F401  (loaded once, before the first message)
-    from flwr.app import Context, Message
-    from flwr.app.error import Error
-    from flwr.cli.install import install_from_fab
-    from flwr.clientapp.utils import get_load_client_app_fn
-    from flwr.common.constant import ErrorCode, SubStatus
-    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-    from flwr.proto.node_pb2 import Node
-    from flwr.proto.runtime_pb2 import (
-        AcquireTaskRequest,
-        PullAppMessagesRequest,
-        PullTaskInputRequest,
-    )
-    from flwr.supercore.constant import TaskType
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
-        make_confirm_message_received_fn_protobuf,
-        make_pull_object_fn_protobuf,
-    )
-    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-    from flwr.supercore.interceptors import (
-        RuntimeTokenHttpInterceptor,
-        RuntimeVersionHttpInterceptor,
-    )
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
-
-    def pull_task_input(client: Any) -> tuple[Message, Context, Any, Any]:
-        """Flower's ``pull_task_input``, retrying a missing object after 20 ms instead of
-        1 s: a warm worker claims a task before the SuperNode has stored the message's
-        objects, and Flower's 1 s initial backoff (then 2 s, ...) would cost seconds."""
-        res = client.PullTaskInput(PullTaskInputRequest())
-        TaskIdentity.task_id = res.task_id
-        TaskIdentity.run_id = res.run.run_id
-        TaskIdentity.node_id = res.context.node_id
-        context, run, fab = (context_from_proto(res.context), run_from_proto(res.run),
-                             fab_from_proto(res.fab))
-        pulled = client.PullMessages(PullAppMessagesRequest())
-        if not pulled.messages_list:
-            raise RuntimeError("No messages received from Runtime API")
-        node = Node(node_id=context.node_id)
-        tree = pulled.message_object_trees[0]
-        message = pull_and_inflate_object_from_tree(
-            tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
-            make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
-                                                      context.run_id),
-            return_type=Message, initial_backoff=0.02, backoff_cap=0.2)
-        message.metadata.__dict__["_message_id"] = tree.object_id
-        return message, context, run, fab
-
-    def client(*interceptors: Any) -> Any:
-        return RuntimeHttpClient.from_server_address(
-            server_address=runtime_api_address, insecure=True, root_certificates=None,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                          *interceptors],
-            retry_invoker=make_simple_http_retry_invoker())
-
-    acquirer = client()
-    installed: set[str] = set()
-    load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
-    served = 0
-    while True:
-        try:
-            response = acquirer.AcquireTask(
-                AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)]))
-        except Exception as error:  # SuperNode not up yet, or gone
-            print(f"AcquireTask failed: {error}", flush=True)
-            time.sleep(1.0)
-            continue
-        if not (response.HasField("task") and response.token):
-            time.sleep(poll)
-            continue
-        started = time.perf_counter()
-        task_client = client(RuntimeTokenHttpInterceptor(response.token))
-        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(task_client))
-        heartbeat.start()
-        message, context, reply = None, None, None
-        status, details = SubStatus.FAILED, "worker failed"
-        laps = [time.perf_counter()]
-        try:
-            message, context, run, fab = pull_task_input(task_client)
-            laps.append(time.perf_counter())
-            if fab.hash_str not in installed:
-                install_from_fab(fab.content, skip_prompt=True)
-                installed.add(fab.hash_str)
-            app = load(run.fab_id, run.fab_version, fab.hash_str)
-            reply = app(message=message, context=context)
-            laps.append(time.perf_counter())
-            status, details = SubStatus.COMPLETED, ""
-        except Exception as error:
-            print(f"ClientApp raised: {error!r}", flush=True)
-            if message is not None:
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                      reason=repr(error)), reply_to=message)
-        try:
-            if reply is not None and context is not None:
-                push_message(task_client, reply, context)
-            laps.append(time.perf_counter())
-            push_task_output(task_client, context, status, details)
-            laps.append(time.perf_counter())
-        finally:
-            heartbeat.stop()
-            task_client.close()
-        served += 1
-        steps = " ".join(f"{b - a:.3f}" for a, b in itertools.pairwise(laps))
-        print(f"task {served} {message.metadata.message_type if message else '?'} in "
-              f"{time.perf_counter() - started:.2f} s (pull, app, push reply, push context: "
-              f"{steps})", flush=True)
-
-
-def supernode_shim(cap: float, argv: list[str]) -> None:
-    """``flower-supernode`` with its idle sleeps (3 s between polls of the SuperLink,
-    0.5 s while waiting for a reply) and its first retry of a message object the SuperLink
-    does not hold yet (1 s) capped at ``cap`` seconds: to measure what the polling costs.
-    Patches only the SuperNode loop module's ``time`` and ``pull_objects``."""
-    import types
-
-    import flwr.supernode.start_client_internal as loop
-    from flwr.supernode.cli import flower_supernode
-
-    real = time.sleep
-    shim = types.SimpleNamespace(
-        **{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
-    shim.sleep = lambda seconds: real(min(float(seconds), cap))
-    vars(loop)["time"] = shim
-    pull = loop.pull_objects
-
-    def pull_objects(*args: Any, **kwargs: Any) -> Any:
-        # A message can reach the SuperNode before its objects reach the SuperLink;
-        # Flower then retries after 1 s, 2 s, ... (PULL_INITIAL_BACKOFF).
-        start = time.perf_counter()
-        kwargs.update(initial_backoff=min(cap, 1.0), backoff_cap=max(cap, 0.2))
-        try:
-            return pull(*args, **kwargs)
-        finally:
-            print(f"pull_objects {time.perf_counter() - start:.3f} s", flush=True)
-
-    vars(loop)["pull_objects"] = pull_objects
-    sys.argv = ["flower-supernode", *argv]
-    flower_supernode()
-
-
 # --------------------------------------------------------------------------------- main
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
@@ -503,10 +373,6 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
-    if "--supernode-shim" in sys.argv[1:2]:
-        cap, rest = float(sys.argv[2]), sys.argv[3:]
-        supernode_shim(cap, rest[1:] if rest[:1] == ["--"] else rest)
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="4", help="comma-separated, e.g. 4,16")
     parser.add_argument("--isolation", default="subprocess,process",
@@ -531,13 +397,7 @@ def main() -> None:
                         "of the SuperLink) at this many seconds, through a shim")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep every run's logs and results under this folder")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--runtime-api-address", help=argparse.SUPPRESS)
-    parser.add_argument("--poll", type=float, default=0.05, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        run_worker(args.runtime_api_address, args.poll)
-        return
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (round 0 and the closing message are "
                      "not training rounds)")

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .deploy_cli import add_deploy_parsers, run_deploy_command
 from .ledger_cli import add_ledger_parser, run_ledger_command
 from .new_app import add_new_parser, run_new_command
 from .peer_cli import add_peer_parser, run_peer_command
@@ -345,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reproduce_parsers(commands)
     add_new_parser(commands)
     add_peer_parser(commands)
+    add_deploy_parsers(commands)
     return parser
 
 
@@ -370,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_new_command(args)
         elif args.command == "peer":
             return run_peer_command(args)
+        elif args.command in ("clientapp", "supernode"):
+            return run_deploy_command(args)
         elif args.command == "topology":
             params = parse_key_values(args.topology_arg, "--topology-arg")
             _describe_topology(args.name, params, args.plot)
