@@ -1,6 +1,8 @@
-"""The same ServerApp and ClientApp in Flower's deployment mode: a SuperLink and four
-SuperNodes on 127.0.0.1, each with its peer (``flwr-tempered peer``), the run submitted
-with ``flwr run``; models travel inline through the SuperLink, then peer to peer.
+"""The same ServerApp and ClientApp in Flower's deployment mode, set up as the README
+documents: a SuperLink and four SuperNodes on 127.0.0.1, each with its peer
+(``flwr-tempered peer``), in process isolation with a warm ClientApp worker
+(``flwr-tempered clientapp``) and capped polling (``flwr-tempered supernode``); the run
+submitted with ``flwr run``; models travel inline through the SuperLink, then peer to peer.
 
 The test starts every process in its own process group and stops exactly those groups.
 It takes about a minute and a half on two cores: in deployment mode each SuperNode starts
@@ -75,9 +77,16 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
             node_config = (f"partition-id={partition} num-partitions=4 "
                            f"peer-url='http://127.0.0.1:{peer_port}' "
                            f"peer-token-file='{token}'")
+            runtime = free_port()
             processes.append(subprocess.Popen(
-                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                 "--node-config", node_config, "--port", str(free_port())],
+                ["flwr-tempered", "supernode", "--poll-cap", "0.1", "--", "--insecure",
+                 "--superlink", f"127.0.0.1:{port}", "--node-config", node_config,
+                 "--port", str(runtime), "--isolation", "process"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+            processes.append(subprocess.Popen(
+                ["flwr-tempered", "clientapp", "--runtime-api-address",
+                 f"127.0.0.1:{runtime}"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             ))
         name, connection = readme_connection(f"127.0.0.1:{port}")

@@ -142,9 +142,10 @@ EXERCISES: dict[str, Exercise] = {
     "flower-superlink --insecure --host 0.0.0.0 --port 8000": DEPLOYMENT,
     "flwr-tempered peer --listen 0.0.0.0:9101 --token-file /home/me/peer.token":
         DEPLOYMENT,
-    "flower-supernode --insecure --superlink COORDINATOR:8000 --port 9094 --node-config "
-    "\"partition-id=P num-partitions=N peer-url='http://THIS_HOST:9101' "
-    "peer-token-file='/home/me/peer.token'\"": DEPLOYMENT,
+    "flwr-tempered supernode --poll-cap 0.1 -- --insecure --superlink COORDINATOR:8000 "
+    "--port 9094 --isolation process --node-config \"partition-id=P num-partitions=N "
+    "peer-url='http://THIS_HOST:9101' peer-token-file='/home/me/peer.token'\"": DEPLOYMENT,
+    "flwr-tempered clientapp --runtime-api-address 127.0.0.1:9094": DEPLOYMENT,
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . federation --stream "
     "--run-config \"nodes=4 byzantine=1 topology='ring' topology-args='{}' "
     "exchange='p2p'\"": DEPLOYMENT,
