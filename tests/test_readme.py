@@ -197,6 +197,9 @@ EXERCISES: dict[str, Exercise] = {
         "covered", test="tests/test_benchmarks.py::"
                         "test_aggregator_benchmark_on_cuda_or_a_clear_refusal"),
     "python benchmarks/ledger.py": Exercise("shortened", "--rounds 2 --blocks 3"),
+    "python benchmarks/deployment.py --nodes 4,16 --isolation subprocess,process --exchange "
+    "inline,p2p": Exercise("shortened", "--nodes 4 --isolation process --exchange p2p "
+                                        "--rounds 2 --fleet-poll 0.1"),
     # Testing
     "python -m pytest -q -m slow": Exercise("collect"),
 }
