@@ -5,8 +5,7 @@ documents: a SuperLink and four SuperNodes on 127.0.0.1, each with its peer
 submitted with ``flwr run``; models travel inline through the SuperLink, then peer to peer.
 
 The test starts every process in its own process group and stops exactly those groups.
-It takes about a minute and a half on two cores: in deployment mode each SuperNode starts
-a fresh ``flwr-clientapp`` process (importing torch) for every message.
+Both runs together take about 100 s on two cores.
 """
 
 from __future__ import annotations
