@@ -2,7 +2,8 @@
 hands out, keeps the head it holds a certificate for (and, with ``ledger-dir`` in its node
 config, its own copy of the chain), and refuses any proposal that does not extend that
 head. A relay that withholds a committed block or proposes on an older parent is refused
-by the nodes themselves; the tests swap such a relay in for the honest one.
+by the nodes themselves; the tests swap such a relay in for the honest one. Peer to peer,
+the nodes also share their heads, so a block withheld from some nodes reaches them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,22 @@ from typing import Any
 
 import pytest
 from flwr.serverapp import Grid
+from process_groups import free_port
 from test_decentralized import SMALL as DECENTRALIZED_SMALL
 
 from flwr_tempered.ledger import LedgerStore, verify_ledger
 from flwr_tempered.ledger.block import Block
 from flwr_tempered.node import RunConfig, topology_of
-from flwr_tempered.runtime.client import LEDGER_DIR_KEY, load_participant, make_client_app
+from flwr_tempered.runtime.client import (
+    LEDGER_DIR_KEY,
+    PEER_TOKEN_KEY,
+    PEER_URL_KEY,
+    load_participant,
+    make_client_app,
+)
 from flwr_tempered.runtime.local_grid import LocalGrid
-from flwr_tempered.runtime.protocol import GENESIS_STATE, INSTRUCTIONS
+from flwr_tempered.runtime.peer import PeerServer, read_token
+from flwr_tempered.runtime.protocol import GENESIS_STATE, INSTRUCTIONS, TRAIN
 from flwr_tempered.strategies import DecentralizedStrategy
 
 #: Six nodes on a complete graph, digits, 3 rounds, the ledger on (f = 1, quorum 3).
@@ -158,3 +167,45 @@ def test_the_genesis_travels_once_per_node_and_is_checked_by_hash_after(tmp_path
     assert [(r, n) for r, n in bodies if r != 0] == [(3, 2)]  # again only after the loss
     assert [m["dropped"] for m in metrics] == [[], [], [1], []]
     assert verify_ledger(tmp_path / "relay.sqlite").rounds == [1, 2, 3]
+
+
+def test_a_block_withheld_from_some_nodes_reaches_them_through_their_neighbours_peers(
+        tmp_path: Path) -> None:
+    """Peer to peer, each honest node shares its certified head on its peer and reads its
+    neighbours'. A relay that hands round 1's certificate to nodes 0 and 1 only cannot
+    keep it from the others: they adopt it from a neighbour (checking the quorum and the
+    block themselves), report it as withheld, and round 2's block (proposed on round 1's
+    in the same message) still commits. Round 1's certificate rides on the message of
+    round 3 (proposed after round 1, endorsed with round 2's message, committed after
+    it)."""
+    config = RunConfig(**{**SMALL, "topology": "ring", "exchange": "p2p"})
+    tokens = [tmp_path / f"token-{i}" for i in range(config.nodes)]
+    servers = [PeerServer("127.0.0.1", free_port(), read_token(path, create=True)).start()
+               for path in tokens]
+    grid = grid_for(config, tmp_path / "chains")
+    for position, (server, token) in enumerate(zip(servers, tokens, strict=True)):
+        grid.contexts[position + 1].node_config.update(
+            {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)})
+
+    class PartialRelay(DecentralizedStrategy):
+        def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
+            if kind == TRAIN:
+                payloads = {p: ({**i, "certificate": None}
+                                if i.get("round") == 3 and p not in (0, 1) else i)
+                            for p, i in payloads.items()}
+            return super()._send(grid, kind, payloads, node_ids, mailbox)
+
+    try:
+        metrics = PartialRelay(config).start(grid, ledger=tmp_path / "relay.sqlite")
+    finally:
+        for server in servers:
+            server.stop()
+    relay = verify_ledger(tmp_path / "relay.sqlite")
+    assert relay.rounds == [1, 2, 3]  # without the neighbours' heads, round 2's is refused
+    honest = honest_positions(config)
+    assert [m["ledger_withheld_blocks"] for m in metrics] == [0, 0, 0, len(honest - {0, 1})]
+    for position in honest:
+        participant = load_participant(grid.contexts[position + 1])
+        assert participant is not None and participant.head == (3, relay.head_hash)
+    for path in sorted((tmp_path / "chains").glob("ledger-*.sqlite")):
+        assert verify_ledger(path).head_hash == relay.head_hash

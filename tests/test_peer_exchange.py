@@ -39,6 +39,7 @@ from flwr_tempered.runtime.exchange import (
 from flwr_tempered.runtime.local_grid import LocalGrid
 from flwr_tempered.runtime.peer import (
     FETCH_HEADERS,
+    RECORD_PREFIX,
     PeerServer,
     PeerStore,
     encode_model,
@@ -122,6 +123,24 @@ def test_old_rounds_are_forgotten() -> None:
                   readers=frozenset({NEIGHBOUR.public_key}))
     headers = signed_fetch_headers(NEIGHBOUR, "run-a", 1, DIGEST)
     assert store.fetch(DIGEST, headers) == (None, "unknown_model")
+
+
+def test_a_record_is_served_to_its_readers_and_a_replay_stays_refused_after_an_update(
+) -> None:
+    store = PeerStore()
+    store.publish_record("head", b'{"height": 1}', run="run-a",
+                         readers=frozenset({NEIGHBOUR.public_key}))
+    headers = signed_fetch_headers(NEIGHBOUR, "run-a", 0, RECORD_PREFIX + "head")
+    assert store.fetch(RECORD_PREFIX + "head", headers) == (b'{"height": 1}', None)
+    store.publish_record("head", b'{"height": 2}', run="run-a",
+                         readers=frozenset({NEIGHBOUR.public_key}))
+    assert store.fetch(RECORD_PREFIX + "head", headers) == (None, "replayed")
+    stranger = signed_fetch_headers(STRANGER, "run-a", 0, RECORD_PREFIX + "head")
+    assert store.fetch(RECORD_PREFIX + "head", stranger) == (None, "not_neighbour")
+    fresh = signed_fetch_headers(NEIGHBOUR, "run-a", 0, RECORD_PREFIX + "head")
+    assert store.fetch(RECORD_PREFIX + "head", fresh) == (b'{"height": 2}', None)
+    with pytest.raises(ValueError, match="not a record name"):
+        store.publish_record("../x", b"", run="run-a", readers=frozenset())
 
 
 def test_a_token_file_is_created_private_and_read_back(tmp_path: Path) -> None:

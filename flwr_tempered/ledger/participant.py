@@ -98,6 +98,9 @@ class Participant:
         self.head: tuple[int, str] | None = None
         #: Bodies of the blocks endorsed and not yet certified, by hash.
         self.pending: dict[str, str] = {}
+        #: The head's block body and certificate (valid endorsements), to share with
+        #: neighbours; ``None`` while the head is the genesis.
+        self.head_record: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -108,6 +111,7 @@ class Participant:
             "endorsed": {str(r): h for r, h in self.endorsed.items()},
             "head": list(self.head) if self.head is not None else None,
             "pending": dict(self.pending),
+            "head_record": self.head_record,
             "rounds": {str(r): {"accepted": [h.to_dict() for h in sorted(rec.accepted)],
                                 "rejected": [x.to_dict() for x in sorted(rec.rejected)],
                                 "sent": [h.to_dict() for h in sorted(rec.sent)]}
@@ -133,6 +137,7 @@ class Participant:
         head = data.get("head")
         participant.head = (int(head[0]), str(head[1])) if head else None
         participant.pending = {str(h): str(b) for h, b in data.get("pending", {}).items()}
+        participant.head_record = data.get("head_record")
         if genesis_body is not None and participant.genesis_hash is not None:
             participant.adopt_genesis(genesis_body)
         return participant
@@ -268,27 +273,43 @@ class Participant:
         self.pending[block.hash] = body.decode("ascii")
         return endorse(self.keys, block.hash), None
 
-    def accept_certificate(self, block_hash: str, signatures: Mapping[int, str]
-                           ) -> tuple[Block | None, str | None]:
+    def accept_certificate(self, block_hash: str, signatures: Mapping[int, str],
+                           body: bytes | None = None) -> tuple[Block | None, str | None]:
         """Check a commit certificate and advance the head: ``(block, None)``, or
-        ``(None, problem)`` when it does not hold (too few valid endorsements, a block
-        this node never endorsed, or one that does not extend its head)."""
+        ``(None, problem)`` when it does not hold (too few valid endorsements, an unknown
+        or invalid block, or one that does not extend its head).
+
+        The block is one this node endorsed, or ``body`` (a certified block a neighbour
+        holds, fetched from its peer), which must hash to ``block_hash`` and be valid for
+        the genesis' keys."""
         if self.genesis is None or self.head is None:
             raise LedgerProtocolError(f"node {self.position} has no genesis yet")
         if block_hash == self.head[1]:
             return None, None  # already certified (a repeated certificate)
-        body = self.pending.get(block_hash)
-        if body is None:
+        known = self.pending.get(block_hash)
+        if known is None and body is not None:
+            if sha256_hex(body) != block_hash:
+                return None, f"block bytes do not hash to {block_hash[:12]}…"
+            checked, reason = _checked_block(body, self.genesis.body())
+            if checked is None or reason is not None:
+                return None, f"invalid certified block: {reason}"
+            if checked.run_id != self.run_id:
+                return None, "certified block is for another run"
+            known = body.decode("ascii")
+        if known is None:
             return None, f"certificate for block {block_hash[:12]}…, which this node never endorsed"
+        body_text = known
         valid = [v for v, signature in signatures.items()
                  if endorsement_is_valid(self.genesis.keys, int(v), block_hash, signature)]
         if len(valid) < self.genesis.quorum:
             return None, (f"certificate for block {block_hash[:12]}… holds {len(valid)} valid "
                           f"endorsements, the quorum is {self.genesis.quorum}")
-        block = Block.from_body(body.encode("ascii"))
+        block = Block.from_body(body_text.encode("ascii"))
         if (block.prev_hash, block.height) != (self.head[1], self.head[0] + 1):
             return None, (f"certified block {block_hash[:12]}… does not extend this node's head "
                           f"{self.head[1][:12]}…")
         self.head = (block.height, block_hash)
-        del self.pending[block_hash]
+        self.pending.pop(block_hash, None)
+        self.head_record = {"height": block.height, "hash": block_hash, "block": body_text,
+                            "signatures": {str(v): signatures[v] for v in valid}}
         return block, None

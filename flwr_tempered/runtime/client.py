@@ -29,7 +29,7 @@ from flwr_tempered.ledger import (
     SignedHeader,
     sign_header,
 )
-from flwr_tempered.ledger.block import endorsement_is_valid
+from flwr_tempered.ledger.block import Block, endorsement_is_valid
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
 from flwr_tempered.node.summary import audit_models
 from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
@@ -240,17 +240,63 @@ def _certify(participant: Participant, instructions: dict[str, Any], context: Co
     block, problem = participant.accept_certificate(str(certificate.get("hash")), signatures)
     if problem is not None:
         return {"certificate_problem": problem}
-    folder = context.node_config.get(LEDGER_DIR_KEY)
-    if block is not None and folder and participant.genesis is not None:
-        path = Path(str(folder)) / f"ledger-{participant.run_id[:12]}-{participant.position}.sqlite"
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with LedgerStore(path) as store:
-            if new:
-                store.write_genesis(participant.genesis)
-            store.append(block, {v: sig for v, sig in signatures.items() if endorsement_is_valid(
-                participant.public_keys, v, block.hash, sig)})
+    if block is not None:
+        _keep_copy(participant, block, signatures, context)
     return {"head": list(participant.head or ())}
+
+
+def _keep_copy(participant: Participant, block: Block, signatures: dict[int, str],
+               context: Context) -> None:
+    """Append a certified block to the node's own copy of the chain (``ledger-dir``)."""
+    folder = context.node_config.get(LEDGER_DIR_KEY)
+    if not folder or participant.genesis is None:
+        return
+    path = Path(str(folder)) / f"ledger-{participant.run_id[:12]}-{participant.position}.sqlite"
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with LedgerStore(path) as store:
+        if new:
+            store.write_genesis(participant.genesis)
+        store.append(block, {v: sig for v, sig in signatures.items() if endorsement_is_valid(
+            participant.public_keys, v, block.hash, sig)})
+
+
+#: The record under which a node shares its ledger head with its neighbours' peers.
+HEAD_RECORD = "head"
+
+
+def _catch_up(participant: Participant, exchange: PeerExchange, neighbours: list[int],
+              context: Context) -> dict[str, Any]:
+    """Peer to peer: adopt certified blocks the neighbours hold and this node was never
+    handed (a relay withholding them); the rounds of those blocks, as evidence."""
+    withheld: list[int] = []
+    advanced = True
+    while advanced:
+        advanced = False
+        for neighbour in neighbours:
+            assert participant.head is not None
+            raw = exchange.fetch_record(neighbour, HEAD_RECORD)
+            try:
+                record = json.loads(raw) if raw is not None else None
+                if not isinstance(record, dict) or int(record["height"]) != (
+                        participant.head[0] + 1):
+                    continue
+                signatures = {int(v): str(sig) for v, sig in dict(record["signatures"]).items()}
+                block, _ = participant.accept_certificate(
+                    str(record["hash"]), signatures, body=str(record["block"]).encode("ascii"))
+            except (ValueError, KeyError, TypeError, UnicodeEncodeError):
+                continue  # a malformed record from a neighbour changes nothing
+            if block is not None:
+                withheld.append(block.round)
+                _keep_copy(participant, block, signatures, context)
+                advanced = True
+    return {"withheld_blocks": withheld} if withheld else {}
+
+
+def _share_head(participant: Participant, exchange: PeerExchange) -> None:
+    """Publish this node's certified head to its own peer, for its neighbours."""
+    if participant.head_record is not None:
+        exchange.publish_record(HEAD_RECORD, json.dumps(participant.head_record).encode())
 
 
 def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
@@ -371,6 +417,10 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     participant = _participant_for(instructions, context) if config.ledger else None
     if participant is not None and not node.byzantine:
         report.update(_certify(participant, instructions, context))
+        if isinstance(exchange, PeerExchange):
+            report.update(_catch_up(participant, exchange, world.topology.at_round(
+                round_).neighbors(node.position), context))
+            _share_head(participant, exchange)
         if instructions.get("proposal"):
             report.update(_endorse(participant, str(instructions["proposal"])))
     clock.lap("time_ledger_s")

@@ -34,7 +34,7 @@ from flwr.app import ArrayRecord, RecordDict
 from flwr_tempered.digest import array_digest, is_digest
 from flwr_tempered.ledger.crypto import KeyPair
 
-from .peer import decode_model, encode_model, signed_fetch_headers
+from .peer import RECORD_PREFIX, decode_model, encode_model, signed_fetch_headers
 
 #: Key prefix of inline model records in a message's ``RecordDict``.
 INLINE_PREFIX = "model:"
@@ -365,6 +365,37 @@ class PeerExchange(ModelExchange):
         except DigestMismatchError:
             self.failures["tampered"] += 1
             raise
+
+    def publish_record(self, name: str, body: bytes) -> None:
+        """Share a small record (this node's ledger head) with every node of the run."""
+        response = self._client.put(
+            f"{self.own_url}/v1/records/{name}", content=body,
+            headers={"authorization": f"Bearer {self.token}",
+                     "x-tempered-run": self.directory.run,
+                     "x-tempered-readers": ",".join(sorted(self.directory.keys.values()))})
+        if response.status_code != 200:
+            raise ExchangeError(f"this node's peer refused record {name!r}: "
+                                f"{response.status_code} {response.text}")
+
+    def fetch_record(self, position: int, name: str) -> bytes | None:
+        """Node ``position``'s record ``name`` from its peer, ``None`` when it has none or
+        cannot be reached (counted like a model fetch)."""
+        url = self.directory.peers.get(position)
+        if url is None:
+            return None
+        key = RECORD_PREFIX + name
+        headers = signed_fetch_headers(self.keys, self.directory.run, 0, key)
+        try:
+            response = self._client.get(f"{url.rstrip('/')}/v1/records/{name}",
+                                        headers=headers)
+        except httpx.HTTPError:
+            self.failures["unreachable"] += 1
+            return None
+        if response.status_code != 200:
+            if response.status_code != 404:
+                self.failures[f"refused_{_refusal_of(response)}"] += 1
+            return None
+        return response.content
 
     def peer_stats(self) -> dict[str, int]:
         """This node's peer's counters (served, refused by reason), ``{}`` if unreadable."""

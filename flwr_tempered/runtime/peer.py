@@ -75,6 +75,9 @@ _MAX_SIGNATURES = 4096
 
 _CONTENT_TYPE = "application/x-npy"
 
+#: Key prefix of the small records a node shares with its neighbours (its ledger head).
+RECORD_PREFIX = "record:"
+
 
 def encode_model(array: np.ndarray) -> bytes:
     """The ``.npy`` bytes of ``array`` (no pickle)."""
@@ -154,10 +157,24 @@ class PeerStore:
                 known.readers = known.readers | readers
             else:
                 self._entries[digest] = _Entry(run, round, frozenset(readers), body)
-            stale = [d for d, e in self._entries.items()
-                     if e.run != run or e.round < round - KEEP_ROUNDS]
+            stale = [d for d, e in self._entries.items() if not d.startswith(RECORD_PREFIX)
+                     and (e.run != run or e.round < round - KEEP_ROUNDS)]
             for old in stale:
                 del self._entries[old]
+
+    def publish_record(self, name: str, body: bytes, *, run: str,
+                       readers: frozenset[str]) -> None:
+        """Keep ``body`` as the record ``name`` (replacing the previous one), for
+        ``readers``; fetched like a model under the key ``RECORD_PREFIX + name``, signed
+        for round 0 (a record is not tied to a round)."""
+        if not name.isidentifier():
+            raise ValueError(f"not a record name: {name!r}")
+        with self._lock:
+            previous = self._entries.get(RECORD_PREFIX + name)
+            entry = _Entry(run, 0, frozenset(readers), body)
+            if previous is not None and previous.run == run:  # a replay stays a replay
+                entry.signatures = previous.signatures
+            self._entries[RECORD_PREFIX + name] = entry
 
     def fetch(self, digest: str, headers: dict[str, str]) -> tuple[bytes | None, str | None]:
         """The model's bytes for a signed request, or ``None`` and the refusal reason."""
@@ -251,6 +268,27 @@ def peer_app(store: PeerStore, token: str) -> Starlette:
             return JSONResponse({"refused": reason}, status)
         return Response(body, media_type=_CONTENT_TYPE)
 
+    async def put_record(request: Request) -> Response:
+        if not owner(request):
+            return JSONResponse({"error": "publishing needs the owner's token"}, 401)
+        try:
+            readers = frozenset(r for r in request.headers.get("x-tempered-readers",
+                                                               "").split(",") if r)
+            store.publish_record(request.path_params["name"], await request.body(),
+                                 run=request.headers["x-tempered-run"], readers=readers)
+        except (KeyError, ValueError) as error:
+            return JSONResponse({"error": f"bad record: {error}"}, 400)
+        return JSONResponse({"record": request.path_params["name"]})
+
+    async def get_record(request: Request) -> Response:
+        key = RECORD_PREFIX + request.path_params["name"]
+        body, reason = store.fetch(key, dict(request.headers))
+        if body is None:
+            status = {"unsigned": 401, "bad_signature": 401, "replayed": 409,
+                      "unknown_model": 404}.get(reason or "", 403)
+            return JSONResponse({"refused": reason}, status)
+        return Response(body, media_type="application/json")
+
     async def get_stats(request: Request) -> Response:
         if not owner(request):
             return JSONResponse({"error": "stats need the owner's token"}, 401)
@@ -259,6 +297,8 @@ def peer_app(store: PeerStore, token: str) -> Starlette:
     return Starlette(routes=[
         Route("/v1/models/{digest}", put_model, methods=["PUT"]),
         Route("/v1/models/{digest}", get_model, methods=["GET"]),
+        Route("/v1/records/{name}", put_record, methods=["PUT"]),
+        Route("/v1/records/{name}", get_record, methods=["GET"]),
         Route("/v1/stats", get_stats, methods=["GET"]),
     ])
 

@@ -369,6 +369,9 @@ class DecentralizedStrategy:
             log = self._send(grid, TRAIN, payloads, node_ids, mailbox)
             if self.directory is not None:
                 log = self._fallback(grid, TRAIN, payloads, node_ids, log)
+            if self.directory is not None and builder is not None:
+                self._traffic["ledger_withheld_blocks"] = float(sum(
+                    len(r.report.get("withheld_blocks", [])) for r in log.replies.values()))
             half = {p: r.report["half"] for p, r in log.replies.items() if "half" in r.report}
             headers = {p: r.report.get("header") for p, r in log.replies.items()}
             models = {p: r.report["model"] for p, r in log.replies.items() if "model" in r.report}
