@@ -24,6 +24,7 @@ from process_groups import free_port
 from flwr_tempered.digest import array_digest
 from flwr_tempered.ledger.crypto import KeyPair
 from flwr_tempered.node import RunConfig
+from flwr_tempered.runtime import exchange as exchange_module
 from flwr_tempered.runtime.client import (
     PEER_LOCAL_URL_KEY,
     PEER_TOKEN_KEY,
@@ -355,3 +356,44 @@ def test_a_node_whose_peer_its_neighbours_cannot_reach_gets_through_the_relay_in
     # through the relay: 2 models uploaded, 2 copies of the half to the neighbours, 1 to
     # the auditor
     assert [t["relay_model_bytes"] for t in relayed] == [0, 5 * model, 5 * model, 5 * model]
+
+
+def test_unsigned_and_replayed_requests_during_a_run_are_refused_counted_and_harmless(
+        tmp_path: Path, six_peers: tuple[list[PeerServer], list[Path]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mid-run, someone on the network sends each of three peers a request without
+    signature, and replays requests it overheard (already served). All are refused and
+    counted in the run's metrics; the run gives the results of an undisturbed one."""
+    servers, tokens = six_peers
+    quiet = run_relay_locally(RunConfig(**RUN, exchange="p2p"), tmp_path / "quiet", servers,
+                              tokens)
+    overheard: list[tuple[str, dict[str, str]]] = []
+
+    def recording(keys: KeyPair, run: str, round: int, digest: str) -> dict[str, str]:
+        headers = signed_fetch_headers(keys, run, round, digest)
+        if round == 1 and not digest.startswith(RECORD_PREFIX):
+            overheard.append((digest, headers))
+        return headers
+
+    monkeypatch.setattr(exchange_module, "signed_fetch_headers", recording)
+    answers: list[int] = []
+
+    def disturb(line: dict[str, Any], _: RunConfig) -> None:
+        if line["round"] != 1:
+            return
+        for server in servers[:3]:
+            answers.append(httpx.get(f"{server.url}/v1/models/{DIGEST}").status_code)
+        for digest, headers in overheard[:3]:
+            for server in servers:  # served by exactly one of them: a replay there
+                answers.append(httpx.get(f"{server.url}/v1/models/{digest}",
+                                         headers=headers).status_code)
+
+    disturbed = run_relay_locally(RunConfig(**RUN, exchange="p2p"), tmp_path / "disturbed",
+                                  servers, tokens, on_round=disturb)
+    for mine, theirs in zip(disturbed, quiet, strict=True):
+        for key in STABLE:
+            assert mine.get(key) == pytest.approx(theirs.get(key), rel=1e-6, abs=1e-9), key
+    assert len(overheard) >= 3
+    assert answers.count(401) == 3 and answers.count(409) == 3 and 200 not in answers
+    assert sum(m.get("p2p_refused_unsigned", 0) for m in disturbed) == 3
+    assert sum(m.get("p2p_refused_replayed", 0) for m in disturbed) == 3
