@@ -55,6 +55,16 @@ def key_proof_bytes(run_id: str, position: int, public_key: str) -> bytes:
                                          "public_key": public_key})
 
 
+def key_proof_holds(run_id: str, position: int, public_key: str, proof: str) -> bool:
+    """Whether ``proof`` is ``public_key``'s signature over its registration (a malformed
+    key or signature is no proof)."""
+    try:
+        return verify_signature(public_key, key_proof_bytes(run_id, position, public_key),
+                                proof)
+    except ValueError:
+        return False
+
+
 def endorsement_bytes(block_hash: str) -> bytes:
     """What a validator signs to endorse a block."""
     return _BLOCK_DOMAIN + block_hash.encode("ascii")
@@ -144,8 +154,7 @@ class Genesis:
         if len(set(self.keys.values())) != len(self.keys):
             return "two positions register the same public key"
         for position, key in sorted(self.keys.items()):
-            proof = self.proofs.get(position, "")
-            if not verify_signature(key, key_proof_bytes(self.run_id, position, key), proof):
+            if not key_proof_holds(self.run_id, position, key, self.proofs.get(position, "")):
                 return f"proof of possession of node {position}'s key is invalid"
         return None
 

@@ -233,6 +233,15 @@ class PeerStore:
                        for reason in REFUSAL_REASONS}}
 
 
+#: The HTTP status of each refusal (the others: 403 Forbidden).
+_REFUSAL_STATUS = {"unsigned": 401, "bad_signature": 401, "replayed": 409,
+                   "unknown_model": 404}
+
+
+def _refused(reason: str | None) -> JSONResponse:
+    return JSONResponse({"refused": reason}, _REFUSAL_STATUS.get(reason or "", 403))
+
+
 def peer_app(store: PeerStore, token: str) -> Starlette:
     """The peer's HTTP API over ``store``; ``token`` authorises its owner (publish, stats)."""
 
@@ -263,9 +272,7 @@ def peer_app(store: PeerStore, token: str) -> Starlette:
             return Response(body, media_type=_CONTENT_TYPE)
         body, reason = store.fetch(request.path_params["digest"], dict(request.headers))
         if body is None:
-            status = {"unsigned": 401, "bad_signature": 401, "replayed": 409,
-                      "unknown_model": 404}.get(reason or "", 403)
-            return JSONResponse({"refused": reason}, status)
+            return _refused(reason)
         return Response(body, media_type=_CONTENT_TYPE)
 
     async def put_record(request: Request) -> Response:
@@ -284,9 +291,7 @@ def peer_app(store: PeerStore, token: str) -> Starlette:
         key = RECORD_PREFIX + request.path_params["name"]
         body, reason = store.fetch(key, dict(request.headers))
         if body is None:
-            status = {"unsigned": 401, "bad_signature": 401, "replayed": 409,
-                      "unknown_model": 404}.get(reason or "", 403)
-            return JSONResponse({"refused": reason}, status)
+            return _refused(reason)
         return Response(body, media_type="application/json")
 
     async def get_stats(request: Request) -> Response:

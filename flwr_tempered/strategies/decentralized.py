@@ -40,8 +40,7 @@ from flwr.serverapp import Grid
 from flwr_tempered.attacks import ModelPoisoningAttack, attack_class
 from flwr_tempered.digest import is_digest
 from flwr_tempered.ledger import Block, BlockBuilder, Genesis, LedgerStore, default_f
-from flwr_tempered.ledger.block import key_proof_bytes
-from flwr_tempered.ledger.crypto import verify_signature
+from flwr_tempered.ledger.block import key_proof_holds
 from flwr_tempered.node import RunConfig, topology_of
 from flwr_tempered.node.summary import metrics_line
 from flwr_tempered.runtime.exchange import InlineExchange, ModelExchange, PeerDirectory
@@ -109,13 +108,6 @@ def _push_and_pull(grid: Grid, messages: list[Message], timeout: float) -> list[
     return replies
 
 
-def _proof_holds(key: str, message: bytes, proof: str) -> bool:
-    try:
-        return verify_signature(key, message, proof)
-    except ValueError:
-        return False
-
-
 def _digests_in(value: Any) -> set[str]:
     """Every model digest mentioned anywhere in a (JSON-like) instruction."""
     if isinstance(value, str):
@@ -177,14 +169,15 @@ class DecentralizedStrategy:
         start = time.perf_counter()
         messages = []
         sent_bytes = 0
+        directory = (self.directory.to_dict() if self.directory is not None and kind != COMMIT
+                     else None)
         for position, instructions in payloads.items():
-            if self.directory is not None and kind != COMMIT:
-                instructions = {**instructions, "directory": self.directory.to_dict()}
+            if directory is not None:
+                instructions = {**instructions, "directory": directory}
             content = RecordDict({INSTRUCTIONS: ConfigRecord({"json": json.dumps(instructions)})})
             if mailbox is not None:
                 self.exchange.attach(_digests_in(instructions), mailbox, content)
-            log_bytes = _model_bytes(content)
-            sent_bytes += log_bytes
+            sent_bytes += _model_bytes(content)
             messages.append(Message(content, dst_node_id=node_ids[position], message_type=kind))
         by_node = {v: k for k, v in node_ids.items()}
         log = RoundLog()
@@ -247,7 +240,6 @@ class DecentralizedStrategy:
         log.replies.update(again.replies)
         log.dropped = sorted(set(payloads) - set(log.replies))
         log.seconds += uploads.seconds + again.seconds
-        log.model_bytes += uploads.model_bytes + again.model_bytes
         return log
 
     def _genesis_for(self, position: int, genesis: str) -> dict[str, str]:
@@ -444,7 +436,7 @@ class DecentralizedStrategy:
         """The keys and peer addresses every node of a ``p2p`` run needs; refuses to start
         when a node has no peer or no key whose proof of possession checks."""
         keys = {p: key for p, key in keys.items()
-                if _proof_holds(key, key_proof_bytes(run_id, p, key), proofs.get(p, ""))}
+                if key_proof_holds(run_id, p, key, proofs.get(p, ""))}
         missing = sorted(set(range(self.topology.n)) - set(self.peer_urls))
         if missing:
             raise RuntimeError(
