@@ -21,13 +21,13 @@ from flwr_tempered.ledger import LedgerStore, verify_ledger
 from flwr_tempered.ledger.block import Block
 from flwr_tempered.node import RunConfig, topology_of
 from flwr_tempered.runtime.client import (
-    LEDGER_DIR_KEY,
     PEER_TOKEN_KEY,
     PEER_URL_KEY,
     load_participant,
     make_client_app,
 )
 from flwr_tempered.runtime.local_grid import LocalGrid
+from flwr_tempered.runtime.node_ledger import LEDGER_DIR_KEY
 from flwr_tempered.runtime.peer import PeerServer, read_token
 from flwr_tempered.runtime.protocol import GENESIS_STATE, INSTRUCTIONS, TRAIN
 from flwr_tempered.strategies import DecentralizedStrategy

@@ -13,7 +13,7 @@ from .block import Block, Genesis, default_f, make_block, quorum_size
 from .chain import BlockBuilder, CommitOutcome
 from .crypto import KeyPair, sha256_hex, signature_backend, verify_signature
 from .merkle import merkle_root
-from .participant import EQUIVOCATOR_POLICIES, LedgerProtocolError, Participant
+from .participant import EQUIVOCATOR_POLICIES, LedgerProtocolError, Participant, VoteOutcome
 from .records import (
     BROADCAST,
     REJECTION_REASONS,
@@ -27,12 +27,41 @@ from .records import (
 )
 from .store import LEDGER_FILE, LedgerStore, ledger_path
 from .verify import LedgerError, LedgerReport, summarize, verify_ledger
+from .votes import ProposalConflict, Vote
 
 __all__ = [
-    "BROADCAST", "EQUIVOCATOR_POLICIES", "LEDGER_FILE", "REJECTION_REASONS", "Block",
-    "BlockBuilder", "CommitOutcome", "Evidence", "Genesis", "KeyPair", "LedgerError",
-    "LedgerProtocolError", "LedgerReport", "LedgerStore", "MalformedRecordError", "Participant",
-    "Rejection", "SignedHeader", "default_f", "find_equivocations", "header_problem",
-    "ledger_path", "make_block", "merkle_root", "quorum_size", "sha256_hex", "sign_header",
-    "signature_backend", "summarize", "verify_ledger", "verify_signature",
+    "BROADCAST",
+    "EQUIVOCATOR_POLICIES",
+    "LEDGER_FILE",
+    "REJECTION_REASONS",
+    "Block",
+    "BlockBuilder",
+    "CommitOutcome",
+    "Evidence",
+    "Genesis",
+    "KeyPair",
+    "LedgerError",
+    "LedgerProtocolError",
+    "LedgerReport",
+    "LedgerStore",
+    "MalformedRecordError",
+    "Participant",
+    "ProposalConflict",
+    "Rejection",
+    "SignedHeader",
+    "Vote",
+    "VoteOutcome",
+    "default_f",
+    "find_equivocations",
+    "header_problem",
+    "ledger_path",
+    "make_block",
+    "merkle_root",
+    "quorum_size",
+    "sha256_hex",
+    "sign_header",
+    "signature_backend",
+    "summarize",
+    "verify_ledger",
+    "verify_signature",
 ]

@@ -14,7 +14,12 @@ recent rounds, the blocks it endorsed, and the proven equivocators it excludes. 
   endorsed a block this node endorsed, extending its head) and so keeps the chain's head
   itself. A relay that withholds a committed block, reorders blocks or proposes on an
   older parent is refused by every honest node, not only caught by an offline
-  ``verify`` with a pinned head.
+  ``verify`` with a pinned head,
+* shares its endorsements with its neighbours and learns theirs (:meth:`vote`,
+  :meth:`learn_vote`): endorsements merged along the graph let the node assemble a
+  commit certificate itself, show it proposals the relay kept from it, and expose a
+  relay that showed different nodes different proposals (:class:`~flwr_tempered.ledger.
+  votes.ProposalConflict`).
 
 Its state is a small JSON dictionary (:meth:`state_dict`), kept with the node.
 """
@@ -37,12 +42,20 @@ from .records import (
     header_problem,
     sign_header,
 )
+from .votes import ProposalConflict, Vote
 
 #: What honest nodes do with a node once evidence proves it equivocated.
 EQUIVOCATOR_POLICIES = ("keep", "exclude")
 
 #: How many recent rounds of reports a participant remembers (to check proposals).
 REMEMBERED_ROUNDS = 4
+
+#: At most this many uncertified blocks are kept (blocks learned from neighbours' votes
+#: give way first), so a neighbour cannot grow a node's state without bound.
+MAX_PENDING = 16
+
+#: How many proposal conflicts a participant keeps as evidence (the latest).
+KEPT_CONFLICTS = 8
 
 T = TypeVar("T")
 
@@ -70,6 +83,23 @@ def _checked_block(body: bytes, genesis_body: bytes) -> tuple[Block | None, str 
 class LedgerProtocolError(RuntimeError):
     """The relay broke the protocol in a way the node refuses to go along with (for
     example, a different genesis than the one the node pinned)."""
+
+
+@dataclass
+class VoteOutcome:
+    """What a neighbour's vote taught this node (all ``None`` when nothing)."""
+
+    #: A block this node now holds a commit certificate for, assembled from the
+    #: endorsements its neighbours shared.
+    certified: Block | None = None
+    #: Evidence that this node and a neighbour's vote endorsed different blocks of a round.
+    conflict: ProposalConflict | None = None
+    #: A proposal extending this node's head, endorsed by a neighbour, for a round this
+    #: node has endorsed nothing in (the relay did not show it to this node): the
+    #: caller may :meth:`Participant.endorse` it.
+    proposal: bytes | None = None
+    #: Why the vote was of no use (an invalid block, another run's), for the report.
+    problem: str | None = None
 
 
 @dataclass
@@ -101,6 +131,10 @@ class Participant:
         #: The head's block body and certificate (valid endorsements), to share with
         #: neighbours; ``None`` while the head is the genesis.
         self.head_record: dict[str, Any] | None = None
+        #: Valid endorsements known (own and neighbours') of each block in ``pending``.
+        self.endorsements: dict[str, dict[int, str]] = {}
+        #: Evidence of conflicting proposals found in neighbours' votes (the latest).
+        self.conflicts: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -112,6 +146,9 @@ class Participant:
             "head": list(self.head) if self.head is not None else None,
             "pending": dict(self.pending),
             "head_record": self.head_record,
+            "endorsements": {h: {str(v): sig for v, sig in sigs.items()}
+                             for h, sigs in self.endorsements.items()},
+            "conflicts": list(self.conflicts),
             "rounds": {str(r): {"accepted": [h.to_dict() for h in sorted(rec.accepted)],
                                 "rejected": [x.to_dict() for x in sorted(rec.rejected)],
                                 "sent": [h.to_dict() for h in sorted(rec.sent)]}
@@ -138,6 +175,9 @@ class Participant:
         participant.head = (int(head[0]), str(head[1])) if head else None
         participant.pending = {str(h): str(b) for h, b in data.get("pending", {}).items()}
         participant.head_record = data.get("head_record")
+        participant.endorsements = {str(h): {int(v): str(sig) for v, sig in sigs.items()}
+                                    for h, sigs in data.get("endorsements", {}).items()}
+        participant.conflicts = list(data.get("conflicts", []))
         if genesis_body is not None and participant.genesis_hash is not None:
             participant.adopt_genesis(genesis_body)
         return participant
@@ -251,10 +291,6 @@ class Participant:
             return None, f"already endorsed another block for round {block.round}"
         assert self.head is not None
         height, head_hash = self.head
-        if (block.prev_hash, block.height) != (head_hash, height + 1):
-            return None, (f"proposal's parent is not the last certified block: it extends "
-                          f"{block.prev_hash[:12]}… at height {block.height - 1}, this node's "
-                          f"last certified block is {head_hash[:12]}… at height {height}")
         record = self._rounds.get(block.round)
         if record is not None:
             if not record.accepted <= set(block.commitments):
@@ -263,15 +299,29 @@ class Participant:
                 return None, "proposal omits a message this node sent"
             if not record.rejected <= set(block.rejections):
                 return None, "proposal omits a message this node rejected"
+        if block.hash == head_hash:  # certified already, from the neighbours' endorsements
+            self.endorsed[block.round] = block.hash
+            return endorse(self.keys, block.hash), None
+        if (block.prev_hash, block.height) != (head_hash, height + 1):
+            return None, (f"proposal's parent is not the last certified block: it extends "
+                          f"{block.prev_hash[:12]}… at height {block.height - 1}, this node's "
+                          f"last certified block is {head_hash[:12]}… at height {height}")
         if self.policy == "exclude":
             self.excluded |= {e.sender for e in block.evidence}
         self.endorsed[block.round] = block.hash
         for old in [r for r in self.endorsed if r <= block.round - REMEMBERED_ROUNDS]:
             del self.endorsed[old]
-        self.pending = {h: b for h, b in self.pending.items()
-                        if Block.from_body(b.encode("ascii")).height >= block.height}
         self.pending[block.hash] = body.decode("ascii")
-        return endorse(self.keys, block.hash), None
+        self._forget_below(block.height)
+        signature = endorse(self.keys, block.hash)
+        self.endorsements.setdefault(block.hash, {})[self.position] = signature
+        return signature, None
+
+    def _forget_below(self, height: int) -> None:
+        """Drop the uncertified blocks (and their endorsements) below ``height``."""
+        self.pending = {h: b for h, b in self.pending.items()
+                        if Block.from_body(b.encode("ascii")).height >= height}
+        self.endorsements = {h: s for h, s in self.endorsements.items() if h in self.pending}
 
     def accept_certificate(self, block_hash: str, signatures: Mapping[int, str],
                            body: bytes | None = None) -> tuple[Block | None, str | None]:
@@ -310,6 +360,82 @@ class Participant:
                           f"{self.head[1][:12]}…")
         self.head = (block.height, block_hash)
         self.pending.pop(block_hash, None)
+        self._forget_below(block.height + 1)
         self.head_record = {"height": block.height, "hash": block_hash, "block": body_text,
                             "signatures": {str(v): signatures[v] for v in valid}}
         return block, None
+
+    # --------------------------------------------------------------------- votes
+    def vote(self) -> Vote | None:
+        """What this node shares with its neighbours: the block it endorsed last, if not
+        yet certified, with every valid endorsement of it this node knows."""
+        if not self.endorsed:
+            return None
+        block_hash = self.endorsed[max(self.endorsed)]
+        body = self.pending.get(block_hash)
+        if body is None:
+            return None
+        return Vote(block_hash, body.encode("ascii"), dict(self.endorsements.get(block_hash, {})))
+
+    def _own_vote(self, round: int) -> Vote | None:
+        """This node's endorsement of its block of ``round``, while it holds the body."""
+        block_hash = self.endorsed.get(round)
+        if block_hash is None:
+            return None
+        body = self.pending.get(block_hash)
+        if body is None and self.head_record is not None and self.head_record["hash"] == block_hash:
+            body = str(self.head_record["block"])
+        if body is None:
+            return None
+        return Vote(block_hash, body.encode("ascii"),
+                    {self.position: endorse(self.keys, block_hash)})
+
+    def learn_vote(self, vote: Vote) -> VoteOutcome:
+        """Take in a neighbour's vote: its valid endorsements of a block extending this
+        node's head are merged (a quorum of them certifies the block); a valid block this
+        node endorsed nothing for is offered as a proposal; an endorsed block that
+        differs from the one this node endorsed in the same round is kept as evidence.
+
+        A vote never changes what this node endorses by itself, and endorsements that do
+        not check against the genesis' keys are ignored."""
+        if self.genesis is None or self.head is None:
+            raise LedgerProtocolError(f"node {self.position} has no genesis yet")
+        height, head_hash = self.head
+        if vote.block_hash == head_hash:
+            return VoteOutcome()
+        block, reason = _checked_block(vote.body, self.genesis.body())
+        if block is None or reason is not None:
+            return VoteOutcome(problem=f"a neighbour's vote holds an invalid block: {reason}")
+        if block.run_id != self.run_id:
+            return VoteOutcome(problem="a neighbour's vote is for another run's block")
+        if block.height < height:
+            return VoteOutcome()  # old news
+        known = self.endorsements.get(vote.block_hash, {})
+        endorsed = {**known, **vote.valid_signatures(self.genesis.keys, skip=known)}
+        if not endorsed:
+            return VoteOutcome()
+        outcome = VoteOutcome(conflict=self._conflict_with(block.round, vote, endorsed))
+        extends_head = (block.prev_hash, block.height) == (head_hash, height + 1)
+        if not extends_head or (block.hash not in self.pending
+                                and len(self.pending) >= MAX_PENDING):
+            return outcome
+        self.pending.setdefault(block.hash, vote.body.decode("ascii"))
+        self.endorsements[block.hash] = endorsed
+        if len(endorsed) >= self.genesis.quorum:
+            outcome.certified, _ = self.accept_certificate(block.hash, endorsed)
+        elif block.round not in self.endorsed:
+            outcome.proposal = vote.body
+        return outcome
+
+    def _conflict_with(self, round: int, vote: Vote, endorsed: dict[int, str]
+                       ) -> ProposalConflict | None:
+        """New evidence when this node endorsed another block of ``round`` than ``vote``'s
+        (kept in :attr:`conflicts`), else ``None``."""
+        own = self._own_vote(round)
+        if own is None or own.block_hash == vote.block_hash:
+            return None
+        conflict = ProposalConflict.of(round, own, Vote(vote.block_hash, vote.body, endorsed))
+        if any(tuple(h["hash"] for h in c["votes"]) == conflict.hashes for c in self.conflicts):
+            return None
+        self.conflicts = [*self.conflicts, conflict.to_dict()][-KEPT_CONFLICTS:]
+        return conflict

@@ -12,7 +12,6 @@ import json
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,12 +23,10 @@ from flwr_tempered.digest import array_digest
 from flwr_tempered.ledger import (
     KeyPair,
     LedgerProtocolError,
-    LedgerStore,
     Participant,
     SignedHeader,
     sign_header,
 )
-from flwr_tempered.ledger.block import Block, endorsement_is_valid
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
 from flwr_tempered.node.summary import audit_models
 from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
@@ -44,6 +41,7 @@ from .exchange import (
     SharedMemoryExchange,
     make_exchange,
 )
+from .node_ledger import apply_certificate, endorse_proposal, ledger_duties
 from .peer import read_token
 from .protocol import (
     ATTACK,
@@ -218,87 +216,6 @@ def _participant_for(instructions: dict[str, Any], context: Context) -> Particip
     return participant
 
 
-def _endorse(participant: Participant, proposal: str) -> dict[str, Any]:
-    """The node's answer to a block proposal: its endorsement, or why it refuses."""
-    signature, refusal = participant.endorse(proposal.encode("ascii"))
-    return {"endorsement": signature} if signature else {"refusal": refusal}
-
-
-#: Node-config key of the folder where a node keeps its own copy of the chain (one SQLite
-#: ledger per node, checkable with ``flwr-tempered ledger verify``).
-LEDGER_DIR_KEY = "ledger-dir"
-
-
-def _certify(participant: Participant, instructions: dict[str, Any], context: Context
-             ) -> dict[str, Any]:
-    """Apply the commit certificate a message carries (advancing the node's head and
-    extending its own copy of the chain); the report of a certificate that does not hold."""
-    certificate = instructions.get("certificate")
-    if not isinstance(certificate, dict):
-        return {}
-    signatures = {int(v): str(sig) for v, sig in dict(certificate.get("signatures", {})).items()}
-    block, problem = participant.accept_certificate(str(certificate.get("hash")), signatures)
-    if problem is not None:
-        return {"certificate_problem": problem}
-    if block is not None:
-        _keep_copy(participant, block, signatures, context)
-    return {"head": list(participant.head or ())}
-
-
-def _keep_copy(participant: Participant, block: Block, signatures: dict[int, str],
-               context: Context) -> None:
-    """Append a certified block to the node's own copy of the chain (``ledger-dir``)."""
-    folder = context.node_config.get(LEDGER_DIR_KEY)
-    if not folder or participant.genesis is None:
-        return
-    path = Path(str(folder)) / f"ledger-{participant.run_id[:12]}-{participant.position}.sqlite"
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with LedgerStore(path) as store:
-        if new:
-            store.write_genesis(participant.genesis)
-        store.append(block, {v: sig for v, sig in signatures.items() if endorsement_is_valid(
-            participant.public_keys, v, block.hash, sig)})
-
-
-#: The record under which a node shares its ledger head with its neighbours' peers.
-HEAD_RECORD = "head"
-
-
-def _catch_up(participant: Participant, exchange: PeerExchange, neighbours: list[int],
-              context: Context) -> dict[str, Any]:
-    """Peer to peer: adopt certified blocks the neighbours hold and this node was never
-    handed (a relay withholding them); the rounds of those blocks, as evidence."""
-    withheld: list[int] = []
-    advanced = True
-    while advanced:
-        advanced = False
-        for neighbour in neighbours:
-            assert participant.head is not None
-            raw = exchange.fetch_record(neighbour, HEAD_RECORD)
-            try:
-                record = json.loads(raw) if raw is not None else None
-                if not isinstance(record, dict) or int(record["height"]) != (
-                        participant.head[0] + 1):
-                    continue
-                signatures = {int(v): str(sig) for v, sig in dict(record["signatures"]).items()}
-                block, _ = participant.accept_certificate(
-                    str(record["hash"]), signatures, body=str(record["block"]).encode("ascii"))
-            except (ValueError, KeyError, TypeError, UnicodeEncodeError):
-                continue  # a malformed record from a neighbour changes nothing
-            if block is not None:
-                withheld.append(block.round)
-                _keep_copy(participant, block, signatures, context)
-                advanced = True
-    return {"withheld_blocks": withheld} if withheld else {}
-
-
-def _share_head(participant: Participant, exchange: PeerExchange) -> None:
-    """Publish this node's certified head to its own peer, for its neighbours."""
-    if participant.head_record is not None:
-        exchange.publish_record(HEAD_RECORD, json.dumps(participant.head_record).encode())
-
-
 def _reply(message: Message, report: dict[str, Any], metrics: dict[str, float],
            outbox: RecordDict | None = None) -> Message:
     content = outbox if outbox is not None else RecordDict()
@@ -416,13 +333,9 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     report: dict[str, Any] = {"position": node.position}
     participant = _participant_for(instructions, context) if config.ledger else None
     if participant is not None and not node.byzantine:
-        report.update(_certify(participant, instructions, context))
-        if isinstance(exchange, PeerExchange):
-            report.update(_catch_up(participant, exchange, world.topology.at_round(
-                round_).neighbors(node.position), context))
-            _share_head(participant, exchange)
-        if instructions.get("proposal"):
-            report.update(_endorse(participant, str(instructions["proposal"])))
+        peers = exchange if isinstance(exchange, PeerExchange) else None
+        report.update(ledger_duties(participant, instructions, context, peers,
+                                    world.topology.at_round(round_).neighbors(node.position)))
     clock.lap("time_ledger_s")
     senders, vectors, rejected = _receive(node, participant, instructions, exchange, message,
                                           round_)
@@ -549,12 +462,21 @@ def handle_commit(message: Message, context: Context, config: RunConfig,
     position = int(instructions["position"])
     participant = _participant_for(instructions, context)
     report: dict[str, Any] = {"position": position}
-    if position not in build_world(config).topology.byzantine:
-        report.update(_certify(participant, instructions, context))
-        if instructions.get("proposal"):
-            report.update(_endorse(participant, str(instructions["proposal"])))
+    topology = build_world(config).topology
+    metrics: dict[str, float] = {}
+    if position not in topology.byzantine:
+        if config.exchange == "p2p":  # the last block's votes travel peer to peer too
+            exchange = _peer_exchange(config, instructions, context)
+            round_ = int(instructions.get("round", 0))
+            report.update(ledger_duties(participant, instructions, context, exchange,
+                                        topology.at_round(round_).neighbors(position)))
+            metrics = _peer_metrics(exchange)
+        else:
+            report.update(apply_certificate(participant, instructions, context))
+            if instructions.get("proposal"):
+                report.update(endorse_proposal(participant, str(instructions["proposal"])))
         save_participant(participant, context)
-    return _reply(message, report, {})
+    return _reply(message, report, metrics)
 
 
 def handle_audit(message: Message, context: Context, config: RunConfig,

@@ -39,6 +39,9 @@ from .peer import RECORD_PREFIX, decode_model, encode_model, signed_fetch_header
 #: Key prefix of inline model records in a message's ``RecordDict``.
 INLINE_PREFIX = "model:"
 
+#: The largest record (a node's ledger head and vote) read from a neighbour's peer.
+MAX_RECORD_BYTES = 4 << 20
+
 
 class ExchangeError(ValueError):
     """A model could not be fetched: unknown digest, unreadable, or not matching."""
@@ -386,16 +389,23 @@ class PeerExchange(ModelExchange):
         key = RECORD_PREFIX + name
         headers = signed_fetch_headers(self.keys, self.directory.run, 0, key)
         try:
-            response = self._client.get(f"{url.rstrip('/')}/v1/records/{name}",
-                                        headers=headers)
+            with self._client.stream("GET", f"{url.rstrip('/')}/v1/records/{name}",
+                                     headers=headers) as response:
+                if response.status_code != 200:
+                    if response.status_code != 404:
+                        response.read()
+                        self.failures[f"refused_{_refusal_of(response)}"] += 1
+                    return None
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RECORD_BYTES:  # a neighbour cannot flood this node
+                        self.failures["oversized_record"] += 1
+                        return None
         except httpx.HTTPError:
             self.failures["unreachable"] += 1
             return None
-        if response.status_code != 200:
-            if response.status_code != 404:
-                self.failures[f"refused_{_refusal_of(response)}"] += 1
-            return None
-        return response.content
+        return bytes(body)
 
     def peer_stats(self) -> dict[str, int]:
         """This node's peer's counters (served, refused by reason), ``{}`` if unreadable."""

@@ -61,6 +61,11 @@ from flwr_tempered.topology import round_metrics
 #: How long to wait for the expected nodes to appear after start.
 NODE_WAIT_SECONDS = 60.0
 
+#: What the nodes of a ``p2p`` run report learning from their neighbours' ledger records
+#: (lists in their reports; counted per round as ``ledger_<name>``).
+PEER_LEDGER_REPORTS = ("certified_by_peers", "withheld_blocks", "proposals_from_peers",
+                       "proposal_conflicts")
+
 #: How often the relay looks for replies. ``Grid.send_and_receive`` polls every 0.1 s in
 #: simulation and every 3 s in deployment mode, which adds that much latency to every
 #: exchange, so the relay pushes and pulls itself. 20 ms: polling faster competes with the
@@ -153,6 +158,10 @@ class DecentralizedStrategy:
         self._pinned: set[int] = set()
         #: Proposals the nodes refused: (round, node, reason).
         self.refusals: list[tuple[int, int, str]] = []
+        #: Evidence of conflicting proposals the nodes found peer to peer (``p2p``): two
+        #: endorsed blocks of one round (see :class:`~flwr_tempered.ledger.
+        #: ProposalConflict`).
+        self.proposal_conflicts: list[dict[str, Any]] = []
         #: Where each position's peer listens (from the HELLO replies; ``p2p`` only).
         self.peer_urls: dict[int, str] = {}
         #: Registered keys and peers of a ``p2p`` run, sent to the nodes.
@@ -169,8 +178,7 @@ class DecentralizedStrategy:
         start = time.perf_counter()
         messages = []
         sent_bytes = 0
-        directory = (self.directory.to_dict() if self.directory is not None and kind != COMMIT
-                     else None)
+        directory = self.directory.to_dict() if self.directory is not None else None
         for position, instructions in payloads.items():
             if directory is not None:
                 instructions = {**instructions, "directory": directory}
@@ -362,8 +370,7 @@ class DecentralizedStrategy:
             if self.directory is not None:
                 log = self._fallback(grid, TRAIN, payloads, node_ids, log)
             if self.directory is not None and builder is not None:
-                self._traffic["ledger_withheld_blocks"] = float(sum(
-                    len(r.report.get("withheld_blocks", [])) for r in log.replies.values()))
+                self._traffic.update(self._count_ledger_from_peers(log))
             half = {p: r.report["half"] for p, r in log.replies.items() if "half" in r.report}
             headers = {p: r.report.get("header") for p, r in log.replies.items()}
             models = {p: r.report["model"] for p, r in log.replies.items() if "model" in r.report}
@@ -456,6 +463,22 @@ class DecentralizedStrategy:
         genesis = Genesis(run_id, int(time.time() * 1000), f, keys, proofs, self.config.to_dict())
         return BlockBuilder(LedgerStore(path if path is not None else ":memory:"), genesis)
 
+    def _count_ledger_from_peers(self, log: RoundLog) -> dict[str, float]:
+        """Peer to peer: what the nodes learned from their neighbours' ledger records
+        in one message, as ``ledger_*`` counters (the nodes' reports summed); the
+        evidence of conflicting proposals they found is kept in
+        :attr:`proposal_conflicts`."""
+        counts = {f"ledger_{key}": float(sum(len(r.report.get(key, []))
+                                             for r in log.replies.values()))
+                  for key in PEER_LEDGER_REPORTS}
+        counts["ledger_bad_peer_records"] = float(sum(
+            int(r.report.get("bad_peer_records", 0)) for r in log.replies.values()))
+        for reply in log.replies.values():
+            for evidence in reply.report.get("proposal_conflicts", []):
+                if evidence not in self.proposal_conflicts:
+                    self.proposal_conflicts.append(evidence)
+        return counts
+
     def _commit(self, proposal: Block, log: RoundLog) -> None:
         """Commit ``proposal`` with the endorsements in the replies of ``log``; the nodes
         get its certificate with the next message (:attr:`certificate`)."""
@@ -477,13 +500,20 @@ class DecentralizedStrategy:
         """The last round's block has no next round to ride on: ask for endorsements,
         then hand out its certificate, so that every node's head is the chain's."""
         body = proposal.body().decode("ascii")
-        payloads = {p: {"position": p, **self._genesis_for(p, genesis), "proposal": body,
-                        "certificate": self.certificate} for p in node_ids}
+        last = self.config.rounds
+        payloads = {p: {"position": p, "round": last, **self._genesis_for(p, genesis),
+                        "proposal": body, "certificate": self.certificate} for p in node_ids}
         self._commit(proposal, self._send(grid, COMMIT, payloads, node_ids))
-        if self.certificate is not None and self.certificate["hash"] == proposal.hash:
-            payloads = {p: {"position": p, **self._genesis_for(p, genesis), "proposal": None,
-                            "certificate": self.certificate} for p in node_ids}
-            self._send(grid, COMMIT, payloads, node_ids)
+        committed = self.certificate is not None and self.certificate["hash"] == proposal.hash
+        if committed or self.directory is not None:  # p2p: the nodes gather the votes
+            payloads = {p: {"position": p, "round": last, **self._genesis_for(p, genesis),
+                            "proposal": None,
+                            "certificate": self.certificate if committed else None}
+                        for p in node_ids}
+            log = self._send(grid, COMMIT, payloads, node_ids)
+            if self.directory is not None and self.timings:  # the last round's, counted too
+                for key, value in self._count_ledger_from_peers(log).items():
+                    self.timings[-1][key] = self.timings[-1].get(key, 0.0) + value
 
     def _forget_all_but(self, inputs: dict[int, list[tuple[int, str, Any]]],
                         mailbox: dict[str, ArrayRecord]) -> None:
