@@ -3,7 +3,9 @@ hands out, keeps the head it holds a certificate for (and, with ``ledger-dir`` i
 config, its own copy of the chain), and refuses any proposal that does not extend that
 head. A relay that withholds a committed block or proposes on an older parent is refused
 by the nodes themselves; the tests swap such a relay in for the honest one. Peer to peer,
-the nodes also share their heads, so a block withheld from some nodes reaches them.
+the nodes also share their heads and endorsements (votes), so they certify blocks
+without the relay's certificates, learn proposals the relay kept from them, and expose a
+relay that shows different nodes different proposals.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from flwr.serverapp import Grid
 from process_groups import free_port
 from test_decentralized import SMALL as DECENTRALIZED_SMALL
 
-from flwr_tempered.ledger import LedgerStore, verify_ledger
+from flwr_tempered.ledger import LedgerStore, ProposalConflict, make_block, verify_ledger
 from flwr_tempered.ledger.block import Block
 from flwr_tempered.node import RunConfig, topology_of
 from flwr_tempered.runtime.client import (
@@ -29,7 +31,7 @@ from flwr_tempered.runtime.client import (
 from flwr_tempered.runtime.local_grid import LocalGrid
 from flwr_tempered.runtime.node_ledger import LEDGER_DIR_KEY
 from flwr_tempered.runtime.peer import PeerServer, read_token
-from flwr_tempered.runtime.protocol import GENESIS_STATE, INSTRUCTIONS, TRAIN
+from flwr_tempered.runtime.protocol import COMMIT, GENESIS_STATE, INSTRUCTIONS, TRAIN
 from flwr_tempered.strategies import DecentralizedStrategy
 
 #: Six nodes on a complete graph, digits, 3 rounds, the ledger on (f = 1, quorum 3).
@@ -169,16 +171,14 @@ def test_the_genesis_travels_once_per_node_and_is_checked_by_hash_after(tmp_path
     assert verify_ledger(tmp_path / "relay.sqlite").rounds == [1, 2, 3]
 
 
-def test_a_block_withheld_from_some_nodes_reaches_them_through_their_neighbours_peers(
-        tmp_path: Path) -> None:
-    """Peer to peer, each honest node shares its certified head on its peer and reads its
-    neighbours'. A relay that hands round 1's certificate to nodes 0 and 1 only cannot
-    keep it from the others: they adopt it from a neighbour (checking the quorum and the
-    block themselves), report it as withheld, and round 2's block (proposed on round 1's
-    in the same message) still commits. Round 1's certificate rides on the message of
-    round 3 (proposed after round 1, endorsed with round 2's message, committed after
-    it)."""
-    config = RunConfig(**{**SMALL, "topology": "ring", "exchange": "p2p"})
+P2P: dict[str, Any] = {**SMALL, "topology": "ring", "exchange": "p2p"}
+
+
+def run_p2p(relay: type[DecentralizedStrategy], tmp_path: Path
+            ) -> tuple[DecentralizedStrategy, LocalGrid, RunConfig]:
+    """A ``p2p`` run (six nodes on a ring, node 5 Byzantine) under ``relay``, each node
+    with its own peer and its own copy of the chain under ``tmp_path / "chains"``."""
+    config = RunConfig(**P2P)
     tokens = [tmp_path / f"token-{i}" for i in range(config.nodes)]
     servers = [PeerServer("127.0.0.1", free_port(), read_token(path, create=True)).start()
                for path in tokens]
@@ -186,26 +186,114 @@ def test_a_block_withheld_from_some_nodes_reaches_them_through_their_neighbours_
     for position, (server, token) in enumerate(zip(servers, tokens, strict=True)):
         grid.contexts[position + 1].node_config.update(
             {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)})
-
-    class PartialRelay(DecentralizedStrategy):
-        def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
-            if kind == TRAIN:
-                payloads = {p: ({**i, "certificate": None}
-                                if i.get("round") == 3 and p not in (0, 1) else i)
-                            for p, i in payloads.items()}
-            return super()._send(grid, kind, payloads, node_ids, mailbox)
-
+    strategy = relay(config)
     try:
-        metrics = PartialRelay(config).start(grid, ledger=tmp_path / "relay.sqlite")
+        strategy.start(grid, ledger=tmp_path / "relay.sqlite")
     finally:
         for server in servers:
             server.stop()
+    return strategy, grid, config
+
+
+def assert_every_honest_node_holds_the_relays_chain(grid: LocalGrid, config: RunConfig,
+                                                    tmp_path: Path) -> None:
     relay = verify_ledger(tmp_path / "relay.sqlite")
-    assert relay.rounds == [1, 2, 3]  # without the neighbours' heads, round 2's is refused
-    honest = honest_positions(config)
-    assert [m["ledger_withheld_blocks"] for m in metrics] == [0, 0, 0, len(honest - {0, 1})]
-    for position in honest:
+    assert relay.rounds == [1, 2, 3]
+    for position in honest_positions(config):
         participant = load_participant(grid.contexts[position + 1])
         assert participant is not None and participant.head == (3, relay.head_hash)
-    for path in sorted((tmp_path / "chains").glob("ledger-*.sqlite")):
-        assert verify_ledger(path).head_hash == relay.head_hash
+    copies = sorted((tmp_path / "chains").glob("ledger-*.sqlite"))
+    assert len(copies) == len(honest_positions(config))
+    for path in copies:
+        assert [b.hash for b in verify_ledger(path).blocks] == [b.hash for b in relay.blocks]
+
+
+def total(strategy: DecentralizedStrategy, key: str) -> float:
+    return sum(timing.get(key, 0.0) for timing in strategy.timings)
+
+
+class SilentRelay(DecentralizedStrategy):
+    """Commits every block but hands no node any commit certificate."""
+
+    def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
+        if kind in (TRAIN, COMMIT):
+            payloads = {p: {**i, "certificate": None} for p, i in payloads.items()}
+        return super()._send(grid, kind, payloads, node_ids, mailbox)
+
+
+def test_without_a_single_certificate_from_the_relay_the_nodes_certify_the_chain_themselves(
+        tmp_path: Path) -> None:
+    """Peer to peer, each honest node shares its endorsements on its peer and reads the
+    other validators': a quorum of them certifies each block, so a relay that hands out
+    no certificate at all still cannot keep the chain from the nodes, and every proposal
+    extends what they hold (no refusals). Without the shared endorsements no node would
+    hold any block and every proposal after the first would be refused."""
+    strategy, grid, config = run_p2p(SilentRelay, tmp_path)
+    assert strategy.refusals == []
+    assert_every_honest_node_holds_the_relays_chain(grid, config, tmp_path)
+    # every honest node certified each of the 3 blocks from its peers' endorsements
+    assert total(strategy, "ledger_certified_by_peers") == 3 * len(honest_positions(config))
+    assert total(strategy, "ledger_withheld_blocks") > 0
+    assert strategy.proposal_conflicts == []
+
+
+class HidingRelay(DecentralizedStrategy):
+    """Never shows node 0 a proposal (so it endorses nothing the relay asks for)."""
+
+    def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
+        if kind in (TRAIN, COMMIT) and 0 in payloads:
+            payloads = {**payloads, 0: {**payloads[0], "proposal": None}}
+        return super()._send(grid, kind, payloads, node_ids, mailbox)
+
+
+def test_a_node_the_relay_never_shows_a_proposal_still_holds_every_block(tmp_path: Path
+                                                                         ) -> None:
+    """Node 0 learns each block from the other validators' votes (the relay's certificate
+    alone names a block node 0 never saw), the last one included."""
+    strategy, grid, config = run_p2p(HidingRelay, tmp_path)
+    assert strategy.refusals == []
+    assert_every_honest_node_holds_the_relays_chain(grid, config, tmp_path)
+
+
+class EquivocatingRelay(DecentralizedStrategy):
+    """Shows nodes 0 and 1 another block for round 1 than the others: the same contents
+    with another timestamp."""
+
+    def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
+        if kind == TRAIN:
+            payloads = {p: ({**i, "proposal": twin(i["proposal"])}
+                            if p in (0, 1) and i.get("proposal") else i)
+                        for p, i in payloads.items()}
+        return super()._send(grid, kind, payloads, node_ids, mailbox)
+
+
+def twin(body: str) -> str:
+    block = Block.from_body(body.encode("ascii"))
+    if block.round != 1:
+        return body
+    return make_block(height=block.height, round=1, run_id=block.run_id,
+                      prev_hash=block.prev_hash, timestamp_ms=block.timestamp_ms + 1,
+                      commitments=block.commitments, rejections=block.rejections
+                      ).body().decode("ascii")
+
+
+def test_a_relay_showing_nodes_different_proposals_is_exposed_by_their_votes(
+        tmp_path: Path) -> None:
+    """Nodes endorsing different blocks of round 1 see each other's votes: each keeps the
+    pair as evidence (checkable by anyone with the genesis) in its own file, out of the
+    relay's reach; the block a quorum endorsed is the one every node holds."""
+    strategy, grid, config = run_p2p(EquivocatingRelay, tmp_path)
+    assert_every_honest_node_holds_the_relays_chain(grid, config, tmp_path)
+    genesis = verify_ledger(tmp_path / "relay.sqlite").genesis
+    relay_block = verify_ledger(tmp_path / "relay.sqlite").blocks[0]
+    assert len(strategy.proposal_conflicts) == 1
+    conflict = ProposalConflict.from_dict(strategy.proposal_conflicts[0])
+    assert conflict.problem(genesis) is None and conflict.round == 1
+    assert relay_block.hash in conflict.hashes
+    files = sorted((tmp_path / "chains").glob("conflicts-*.jsonl"))
+    assert files  # the nodes' own evidence
+    for path in files:
+        for line in path.read_text().splitlines():
+            evidence = ProposalConflict.from_dict(json.loads(line))
+            assert evidence.problem(genesis) is None and evidence.hashes == conflict.hashes
+    assert total(strategy, "ledger_proposal_conflicts") >= len(files)

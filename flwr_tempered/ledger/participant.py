@@ -15,7 +15,7 @@ recent rounds, the blocks it endorsed, and the proven equivocators it excludes. 
   itself. A relay that withholds a committed block, reorders blocks or proposes on an
   older parent is refused by every honest node, not only caught by an offline
   ``verify`` with a pinned head,
-* shares its endorsements with its neighbours and learns theirs (:meth:`vote`,
+* shares its endorsements with the other validators and learns theirs (:meth:`vote`,
   :meth:`learn_vote`): endorsements merged along the graph let the node assemble a
   commit certificate itself, show it proposals the relay kept from it, and expose a
   relay that showed different nodes different proposals (:class:`~flwr_tempered.ledger.
@@ -50,8 +50,8 @@ EQUIVOCATOR_POLICIES = ("keep", "exclude")
 #: How many recent rounds of reports a participant remembers (to check proposals).
 REMEMBERED_ROUNDS = 4
 
-#: At most this many uncertified blocks are kept (blocks learned from neighbours' votes
-#: give way first), so a neighbour cannot grow a node's state without bound.
+#: At most this many uncertified blocks are kept (blocks learned from peers' votes
+#: give way first), so a peer cannot grow a node's state without bound.
 MAX_PENDING = 16
 
 #: How many proposal conflicts a participant keeps as evidence (the latest).
@@ -87,14 +87,14 @@ class LedgerProtocolError(RuntimeError):
 
 @dataclass
 class VoteOutcome:
-    """What a neighbour's vote taught this node (all ``None`` when nothing)."""
+    """What a peer's vote taught this node (all ``None`` when nothing)."""
 
     #: A block this node now holds a commit certificate for, assembled from the
-    #: endorsements its neighbours shared.
+    #: endorsements its peers shared.
     certified: Block | None = None
-    #: Evidence that this node and a neighbour's vote endorsed different blocks of a round.
+    #: Evidence that this node and a peer's vote endorsed different blocks of a round.
     conflict: ProposalConflict | None = None
-    #: A proposal extending this node's head, endorsed by a neighbour, for a round this
+    #: A proposal extending this node's head, endorsed by a peer, for a round this
     #: node has endorsed nothing in (the relay did not show it to this node): the
     #: caller may :meth:`Participant.endorse` it.
     proposal: bytes | None = None
@@ -129,11 +129,11 @@ class Participant:
         #: Bodies of the blocks endorsed and not yet certified, by hash.
         self.pending: dict[str, str] = {}
         #: The head's block body and certificate (valid endorsements), to share with
-        #: neighbours; ``None`` while the head is the genesis.
+        #: the other nodes; ``None`` while the head is the genesis.
         self.head_record: dict[str, Any] | None = None
-        #: Valid endorsements known (own and neighbours') of each block in ``pending``.
+        #: Valid endorsements known (own and peers') of each block in ``pending``.
         self.endorsements: dict[str, dict[int, str]] = {}
-        #: Evidence of conflicting proposals found in neighbours' votes (the latest).
+        #: Evidence of conflicting proposals found in peers' votes (the latest).
         self.conflicts: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------------- state
@@ -299,7 +299,7 @@ class Participant:
                 return None, "proposal omits a message this node sent"
             if not record.rejected <= set(block.rejections):
                 return None, "proposal omits a message this node rejected"
-        if block.hash == head_hash:  # certified already, from the neighbours' endorsements
+        if block.hash == head_hash:  # certified already, from the peers' endorsements
             self.endorsed[block.round] = block.hash
             return endorse(self.keys, block.hash), None
         if (block.prev_hash, block.height) != (head_hash, height + 1):
@@ -329,7 +329,7 @@ class Participant:
         ``(None, problem)`` when it does not hold (too few valid endorsements, an unknown
         or invalid block, or one that does not extend its head).
 
-        The block is one this node endorsed, or ``body`` (a certified block a neighbour
+        The block is one this node endorsed, or ``body`` (a certified block a peer
         holds, fetched from its peer), which must hash to ``block_hash`` and be valid for
         the genesis' keys."""
         if self.genesis is None or self.head is None:
@@ -367,7 +367,7 @@ class Participant:
 
     # --------------------------------------------------------------------- votes
     def vote(self) -> Vote | None:
-        """What this node shares with its neighbours: the block it endorsed last, if not
+        """What this node shares with the other validators: the block it endorsed last, if not
         yet certified, with every valid endorsement of it this node knows."""
         if not self.endorsed:
             return None
@@ -391,7 +391,7 @@ class Participant:
                     {self.position: endorse(self.keys, block_hash)})
 
     def learn_vote(self, vote: Vote) -> VoteOutcome:
-        """Take in a neighbour's vote: its valid endorsements of a block extending this
+        """Take in a peer's vote: its valid endorsements of a block extending this
         node's head are merged (a quorum of them certifies the block); a valid block this
         node endorsed nothing for is offered as a proposal; an endorsed block that
         differs from the one this node endorsed in the same round is kept as evidence.
@@ -405,9 +405,9 @@ class Participant:
             return VoteOutcome()
         block, reason = _checked_block(vote.body, self.genesis.body())
         if block is None or reason is not None:
-            return VoteOutcome(problem=f"a neighbour's vote holds an invalid block: {reason}")
+            return VoteOutcome(problem=f"a peer's vote holds an invalid block: {reason}")
         if block.run_id != self.run_id:
-            return VoteOutcome(problem="a neighbour's vote is for another run's block")
+            return VoteOutcome(problem="a peer's vote is for another run's block")
         if block.height < height:
             return VoteOutcome()  # old news
         known = self.endorsements.get(vote.block_hash, {})

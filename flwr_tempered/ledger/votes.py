@@ -1,11 +1,10 @@
 """Endorsements shared between peers, and the evidence that proposals conflicted.
 
-A :class:`Vote` is what a validator shares with its neighbours about a block it endorsed:
-the block's bytes and the valid endorsements it knows of (its own and those it gathered
-from its neighbours' votes). Merged along the graph, the endorsements spread node to
-node, so a node assembles the commit certificate (``2f + 1`` endorsements) itself instead
-of depending on the relay to collect them; a node the relay never showed the proposal
-learns it from its neighbours.
+A :class:`Vote` is what a validator shares with the other validators about a block it
+endorsed: the block's bytes and the valid endorsements it knows of (its own and those it
+gathered from the others' votes). With them a node assembles the commit certificate
+(``2f + 1`` endorsements) itself instead of depending on the relay to collect them, and a
+node the relay never showed the proposal learns it from its peers.
 
 A :class:`ProposalConflict` is two different blocks for the same round, each endorsed by
 a registered validator. The relay proposes one block per round and an honest validator

@@ -334,8 +334,7 @@ def handle_train(message: Message, context: Context, config: RunConfig,
     participant = _participant_for(instructions, context) if config.ledger else None
     if participant is not None and not node.byzantine:
         peers = exchange if isinstance(exchange, PeerExchange) else None
-        report.update(ledger_duties(participant, instructions, context, peers,
-                                    world.topology.at_round(round_).neighbors(node.position)))
+        report.update(ledger_duties(participant, instructions, context, peers))
     clock.lap("time_ledger_s")
     senders, vectors, rejected = _receive(node, participant, instructions, exchange, message,
                                           round_)
@@ -462,14 +461,11 @@ def handle_commit(message: Message, context: Context, config: RunConfig,
     position = int(instructions["position"])
     participant = _participant_for(instructions, context)
     report: dict[str, Any] = {"position": position}
-    topology = build_world(config).topology
     metrics: dict[str, float] = {}
-    if position not in topology.byzantine:
+    if position not in build_world(config).topology.byzantine:
         if config.exchange == "p2p":  # the last block's votes travel peer to peer too
             exchange = _peer_exchange(config, instructions, context)
-            round_ = int(instructions.get("round", 0))
-            report.update(ledger_duties(participant, instructions, context, exchange,
-                                        topology.at_round(round_).neighbors(position)))
+            report.update(ledger_duties(participant, instructions, context, exchange))
             metrics = _peer_metrics(exchange)
         else:
             report.update(apply_certificate(participant, instructions, context))

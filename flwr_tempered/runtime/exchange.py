@@ -24,6 +24,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,12 @@ from .peer import RECORD_PREFIX, decode_model, encode_model, signed_fetch_header
 #: Key prefix of inline model records in a message's ``RecordDict``.
 INLINE_PREFIX = "model:"
 
-#: The largest record (a node's ledger head and vote) read from a neighbour's peer.
+#: The largest record (a node's ledger head and vote) read from another node's peer.
 MAX_RECORD_BYTES = 4 << 20
+
+#: How long a record read may take (records are small; a peer that does not answer
+#: within this is counted unreachable), and how many are read at once.
+RECORD_TIMEOUT, RECORD_READERS = 5.0, 8
 
 
 class ExchangeError(ValueError):
@@ -383,29 +388,51 @@ class PeerExchange(ModelExchange):
     def fetch_record(self, position: int, name: str) -> bytes | None:
         """Node ``position``'s record ``name`` from its peer, ``None`` when it has none or
         cannot be reached (counted like a model fetch)."""
+        body, failure = self._read_record(position, name)
+        if failure is not None:
+            self.failures[failure] += 1
+        return body
+
+    def fetch_records(self, positions: Collection[int], name: str) -> dict[int, bytes]:
+        """The record ``name`` of each of ``positions`` that has one, read from their
+        peers concurrently (so one slow or unreachable peer costs one timeout, not one
+        per peer); failures are counted as in :meth:`fetch_record`."""
+        positions = [p for p in positions if p in self.directory.peers]
+        if not positions:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(RECORD_READERS, len(positions))) as pool:
+            results = list(pool.map(lambda p: self._read_record(p, name), positions))
+        records = {}
+        for position, (body, failure) in zip(positions, results, strict=True):
+            if failure is not None:
+                self.failures[failure] += 1
+            if body is not None:
+                records[position] = body
+        return records
+
+    def _read_record(self, position: int, name: str) -> tuple[bytes | None, str | None]:
+        """One record read: ``(bytes, None)``, ``(None, None)`` when the peer holds none,
+        or ``(None, failure reason)``."""
         url = self.directory.peers.get(position)
         if url is None:
-            return None
-        key = RECORD_PREFIX + name
-        headers = signed_fetch_headers(self.keys, self.directory.run, 0, key)
+            return None, None
+        headers = signed_fetch_headers(self.keys, self.directory.run, 0, RECORD_PREFIX + name)
         try:
             with self._client.stream("GET", f"{url.rstrip('/')}/v1/records/{name}",
-                                     headers=headers) as response:
+                                     headers=headers, timeout=RECORD_TIMEOUT) as response:
+                if response.status_code == 404:
+                    return None, None
                 if response.status_code != 200:
-                    if response.status_code != 404:
-                        response.read()
-                        self.failures[f"refused_{_refusal_of(response)}"] += 1
-                    return None
+                    response.read()
+                    return None, f"refused_{_refusal_of(response)}"
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
-                    if len(body) > MAX_RECORD_BYTES:  # a neighbour cannot flood this node
-                        self.failures["oversized_record"] += 1
-                        return None
+                    if len(body) > MAX_RECORD_BYTES:  # a peer cannot flood this node
+                        return None, "oversized_record"
         except httpx.HTTPError:
-            self.failures["unreachable"] += 1
-            return None
-        return bytes(body)
+            return None, "unreachable"
+        return bytes(body), None
 
     def peer_stats(self) -> dict[str, int]:
         """This node's peer's counters (served, refused by reason), ``{}`` if unreadable."""

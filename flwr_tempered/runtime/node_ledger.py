@@ -1,22 +1,23 @@
 """A node's ledger duties within one message: take in the commit certificate, endorse the
 proposal, keep its own copy of the chain, and, peer to peer, share its head and its
-endorsements with its neighbours and learn theirs.
+endorsements with the other validators and learn theirs.
 
 Peer to peer (``exchange = "p2p"``) each honest node publishes one record on its own
 peer, :data:`LEDGER_RECORD`: its certified head (block and certificate) and its vote (the
-block it endorsed last, with every endorsement of it the node knows). Reading its
-neighbours' records with every message, a node
+block it endorsed last, with every endorsement of it the node knows). Reading the other
+validators' records with every message (the quorum spans all nodes, so all of them,
+not only the graph neighbours), a node
 
-* certifies a block from the endorsements its neighbours gathered, so commitment does
-  not depend on the relay collecting them (report ``certified_by_peers``),
+* certifies a block from the endorsements the others made, so commitment does not
+  depend on the relay collecting them (report ``certified_by_peers``),
 * adopts certified blocks the relay withheld from it (``withheld_blocks``),
 * endorses a proposal the relay never showed it (``proposals_from_peers``),
-* keeps evidence when a neighbour endorsed another block than its own in a round: the
-  relay showed different nodes different proposals (``proposal_conflicts``; also
+* keeps evidence when another validator endorsed another block than its own in a round:
+  the relay showed different nodes different proposals (``proposal_conflicts``; also
   appended to ``conflicts-<run>-<position>.jsonl`` in the node's ``ledger-dir``, out of
   the relay's reach).
 
-Everything read from a neighbour is checked against the genesis' keys first; a malformed
+Everything read from a peer is checked against the genesis' keys first; a malformed
 record changes nothing and is counted (``bad_peer_records``).
 """
 
@@ -100,22 +101,21 @@ def _keep_evidence(participant: Participant, evidence: dict[str, Any], context: 
 
 
 def ledger_duties(participant: Participant, instructions: dict[str, Any], context: Context,
-                  exchange: PeerExchange | None = None, neighbours: list[int] | None = None
-                  ) -> dict[str, Any]:
+                  exchange: PeerExchange | None = None) -> dict[str, Any]:
     """Everything an honest node does for the ledger in one message, in order: apply the
-    relay's certificate, learn its neighbours' votes and heads (peer to peer; they may
-    certify what the relay did not), endorse the relay's proposal, check the votes again
-    against it (conflicts) and endorse any proposal only its neighbours showed it, and
+    relay's certificate, learn the other validators' votes and heads (peer to peer; they
+    may certify what the relay did not), endorse the relay's proposal, check the votes
+    again against it (conflicts) and endorse any proposal only its peers showed it, and
     share its own head and vote. Returns the node's report entries.
 
     In the message of round ``m`` an honest relay hands out the certificate of round
     ``m - 2``'s block (proposed after round ``m - 2``, endorsed in round ``m - 1``); a
-    block of round ``m - 2`` or earlier this node had to certify from its neighbours was
+    block of round ``m - 2`` or earlier this node had to certify from its peers was
     withheld from it (``withheld_blocks``)."""
     report: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     if exchange is not None:
-        records, bad = _neighbour_records(exchange, neighbours or [])
+        records, bad = _validator_records(participant, exchange)
         if bad:
             report["bad_peer_records"] = bad
     relay = apply_certificate(participant, instructions, context)
@@ -126,9 +126,9 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
     from_peers += _catch_up(participant, records, context)
     if instructions.get("proposal"):
         report.update(endorse_proposal(participant, str(instructions["proposal"])))
-    # Again, now that this node endorsed the relay's proposal: a neighbour's vote for
-    # another block of that round is a conflict, a quorum of votes for it certifies it,
-    # and a proposal only the neighbours showed may be endorsed.
+    # Again, now that this node endorsed the relay's proposal: a peer's vote for another
+    # block of that round is a conflict, a quorum of votes for it certifies it, and a
+    # proposal only the peers showed may be endorsed.
     certified, offered = _learn_votes(participant, records, context, report)
     from_peers += certified
     for proposal in offered:
@@ -147,14 +147,15 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
     return report
 
 
-def _neighbour_records(exchange: PeerExchange, neighbours: list[int]
+def _validator_records(participant: Participant, exchange: PeerExchange
                        ) -> tuple[list[dict[str, Any]], int]:
-    """The neighbours' ledger records (parsed JSON objects), and how many were malformed."""
+    """Every other validator's ledger record (parsed JSON objects) and how many were
+    malformed. The ledger's quorum spans all the run's nodes, so a node reads them all
+    (one small record each per message), not only its graph neighbours': every
+    endorsement reaches every node one message after it was made."""
+    others = [p for p in exchange.directory.keys if p != participant.position]
     records, bad = [], 0
-    for neighbour in neighbours:
-        raw = exchange.fetch_record(neighbour, LEDGER_RECORD)
-        if raw is None:
-            continue
+    for raw in exchange.fetch_records(others, LEDGER_RECORD).values():
         try:
             record = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -168,9 +169,9 @@ def _neighbour_records(exchange: PeerExchange, neighbours: list[int]
 
 def _learn_votes(participant: Participant, records: list[dict[str, Any]], context: Context,
                  report: dict[str, Any]) -> tuple[list[Block], list[bytes]]:
-    """Merge the neighbours' votes into the node's view (keeping evidence of conflicts,
-    noted in ``report``): the blocks their endorsements certified, and the proposals
-    only the neighbours showed."""
+    """Merge the other validators' votes into the node's view (keeping evidence of
+    conflicts, noted in ``report``): the blocks their endorsements certified, and the
+    proposals only they showed."""
     certified: list[Block] = []
     offered: dict[str, bytes] = {}
     for record in records:
@@ -200,7 +201,7 @@ def _learn_votes(participant: Participant, records: list[dict[str, Any]], contex
 
 def _catch_up(participant: Participant, records: list[dict[str, Any]], context: Context
               ) -> list[Block]:
-    """Adopt the certified blocks the neighbours hold and this node does not (the relay
+    """Adopt the certified blocks other nodes hold and this node does not (the relay
     withheld them, or has not handed them out yet); the blocks adopted."""
     adopted: list[Block] = []
     advanced = True
@@ -216,7 +217,7 @@ def _catch_up(participant: Participant, records: list[dict[str, Any]], context: 
                 block, _ = participant.accept_certificate(
                     str(head["hash"]), signatures, body=str(head["block"]).encode("ascii"))
             except (ValueError, KeyError, TypeError, UnicodeEncodeError):
-                continue  # a malformed record from a neighbour changes nothing
+                continue  # a malformed record from a peer changes nothing
             if block is not None:
                 adopted.append(block)
                 keep_copy(participant, block, signatures, context)
@@ -225,8 +226,8 @@ def _catch_up(participant: Participant, records: list[dict[str, Any]], context: 
 
 
 def share_ledger(participant: Participant, exchange: PeerExchange) -> None:
-    """Publish this node's certified head and its vote to its own peer, for its
-    neighbours."""
+    """Publish this node's certified head and its vote to its own peer, for the other
+    validators."""
     vote = participant.vote()
     record = {"head": participant.head_record,
               "vote": vote.to_dict() if vote is not None else None}

@@ -473,9 +473,12 @@ class DecentralizedStrategy:
                   for key in PEER_LEDGER_REPORTS}
         counts["ledger_bad_peer_records"] = float(sum(
             int(r.report.get("bad_peer_records", 0)) for r in log.replies.values()))
+        known = {_conflict_key(e) for e in self.proposal_conflicts}
         for reply in log.replies.values():
             for evidence in reply.report.get("proposal_conflicts", []):
-                if evidence not in self.proposal_conflicts:
+                key = _conflict_key(evidence)
+                if key is not None and key not in known:  # one per pair of blocks
+                    known.add(key)
                     self.proposal_conflicts.append(evidence)
         return counts
 
@@ -503,7 +506,11 @@ class DecentralizedStrategy:
         last = self.config.rounds
         payloads = {p: {"position": p, "round": last, **self._genesis_for(p, genesis),
                         "proposal": body, "certificate": self.certificate} for p in node_ids}
-        self._commit(proposal, self._send(grid, COMMIT, payloads, node_ids))
+        log = self._send(grid, COMMIT, payloads, node_ids)
+        self._commit(proposal, log)
+        if self.directory is not None and self.timings:  # the last round's, counted too
+            for key, value in self._count_ledger_from_peers(log).items():
+                self.timings[-1][key] = self.timings[-1].get(key, 0.0) + value
         committed = self.certificate is not None and self.certificate["hash"] == proposal.hash
         if committed or self.directory is not None:  # p2p: the nodes gather the votes
             payloads = {p: {"position": p, "round": last, **self._genesis_for(p, genesis),
@@ -591,3 +598,12 @@ class DecentralizedStrategy:
                          "ledger_rejections": self._committed_rejections,
                          "ledger_equivocators": sorted(self._equivocators)})
         return line
+
+
+def _conflict_key(evidence: Any) -> tuple[int, tuple[str, ...]] | None:
+    """(round, block hashes) of a node's evidence of conflicting proposals; ``None`` for
+    a malformed one."""
+    try:
+        return int(evidence["round"]), tuple(sorted(str(v["hash"]) for v in evidence["votes"]))
+    except (TypeError, KeyError, ValueError):
+        return None
