@@ -249,10 +249,13 @@ class HidingRelay(DecentralizedStrategy):
 def test_a_node_the_relay_never_shows_a_proposal_still_holds_every_block(tmp_path: Path
                                                                          ) -> None:
     """Node 0 learns each block from the other validators' votes (the relay's certificate
-    alone names a block node 0 never saw), the last one included."""
+    alone names a block node 0 never saw), the last one included, and in the same message
+    as the others: it never lags behind and has to catch up from their heads later
+    (which would count as a withheld block)."""
     strategy, grid, config = run_p2p(HidingRelay, tmp_path)
     assert strategy.refusals == []
     assert_every_honest_node_holds_the_relays_chain(grid, config, tmp_path)
+    assert total(strategy, "ledger_withheld_blocks") == 0
 
 
 class EquivocatingRelay(DecentralizedStrategy):
