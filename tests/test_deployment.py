@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from process_groups import free_port, stop_groups
 
+from flwr_tempered.ledger import LEDGER_FILE, verify_ledger
+
 pytestmark = pytest.mark.end_to_end
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +77,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
             wait_for_port(peer_port, 60)  # it writes the token the SuperNode reads
             node_config = (f"partition-id={partition} num-partitions=4 "
                            f"peer-url='http://127.0.0.1:{peer_port}' "
-                           f"peer-token-file='{token}'")
+                           f"peer-token-file='{token}' ledger-dir='{tmp_path / 'chains'}'")
             runtime = free_port()
             processes.append(subprocess.Popen(
                 ["flwr-tempered", "supernode", "--poll-cap", "0.1", "--", "--insecure",
@@ -139,3 +141,13 @@ def test_the_apps_run_unchanged_on_a_superlink_with_four_supernodes(
     assert len(relayed) == 3 and relayed == [0, 0, 0]
     assert all(m["relay_model_bytes"] > 0 for m in inline)
     assert p2p[-1]["p2p_fetched_bytes"] > 0
+    # The ledger, held by the nodes: each honest node's own copy of the p2p run's chain
+    # (endorsements shared peer to peer) is the relay's, block for block.
+    relay = verify_ledger(folder / "p2p" / LEDGER_FILE)
+    assert relay.rounds == [1, 2]
+    copies = [verify_ledger(path) for path in sorted((folder / "chains").glob("ledger-*"))]
+    mine = [copy for copy in copies if copy.genesis.hash == relay.genesis.hash]
+    assert len(mine) == 3  # the honest nodes; the attacker keeps none
+    assert all([b.hash for b in c.blocks] == [b.hash for b in relay.blocks] for c in mine)
+    timings = json.loads((folder / "p2p" / "timings.json").read_text())
+    assert sum(t["ledger_proposal_conflicts"] for t in timings) == 0
