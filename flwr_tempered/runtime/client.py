@@ -41,7 +41,7 @@ from .exchange import (
     SharedMemoryExchange,
     make_exchange,
 )
-from .node_ledger import apply_certificate, endorse_proposal, ledger_duties
+from .node_ledger import ledger_duties
 from .peer import read_token
 from .protocol import (
     ATTACK,
@@ -463,14 +463,11 @@ def handle_commit(message: Message, context: Context, config: RunConfig,
     report: dict[str, Any] = {"position": position}
     metrics: dict[str, float] = {}
     if position not in build_world(config).topology.byzantine:
-        if config.exchange == "p2p":  # the last block's votes travel peer to peer too
-            exchange = _peer_exchange(config, instructions, context)
-            report.update(ledger_duties(participant, instructions, context, exchange))
-            metrics = _peer_metrics(exchange)
-        else:
-            report.update(apply_certificate(participant, instructions, context))
-            if instructions.get("proposal"):
-                report.update(endorse_proposal(participant, str(instructions["proposal"])))
+        # peer to peer, the last block's votes travel between the peers too
+        exchange = (_peer_exchange(config, instructions, context)
+                    if config.exchange == "p2p" else None)
+        report.update(ledger_duties(participant, instructions, context, exchange))
+        metrics = _peer_metrics(exchange) if exchange is not None else {}
         save_participant(participant, context)
     return _reply(message, report, metrics)
 

@@ -43,14 +43,14 @@ LEDGER_DIR_KEY = "ledger-dir"
 LEDGER_RECORD = "ledger"
 
 
-def endorse_proposal(participant: Participant, proposal: str) -> dict[str, Any]:
+def _endorse_proposal(participant: Participant, proposal: str) -> dict[str, Any]:
     """The node's answer to the relay's block proposal: its endorsement, or why it
     refuses."""
     signature, refusal = participant.endorse(proposal.encode("ascii"))
     return {"endorsement": signature} if signature else {"refusal": refusal}
 
 
-def apply_certificate(participant: Participant, instructions: dict[str, Any],
+def _apply_certificate(participant: Participant, instructions: dict[str, Any],
                       context: Context) -> dict[str, Any]:
     """Apply the commit certificate the relay's message carries (advancing the node's head
     and extending its own copy of the chain); the report of a certificate that does not
@@ -63,7 +63,7 @@ def apply_certificate(participant: Participant, instructions: dict[str, Any],
     if problem is not None:
         return {"certificate_problem": problem}
     if block is not None:
-        keep_copy(participant, block, signatures, context)
+        _keep_copy(participant, block, signatures, context)
     return {"head": list(participant.head or ())}
 
 
@@ -72,7 +72,7 @@ def _ledger_dir(participant: Participant, context: Context) -> Path | None:
     return Path(str(folder)) if folder else None
 
 
-def keep_copy(participant: Participant, block: Block, signatures: dict[int, str],
+def _keep_copy(participant: Participant, block: Block, signatures: dict[int, str],
               context: Context) -> None:
     """Append a certified block to the node's own copy of the chain (``ledger-dir``)."""
     folder = _ledger_dir(participant, context)
@@ -118,14 +118,14 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
         records, bad = _validator_records(participant, exchange)
         if bad:
             report["bad_peer_records"] = bad
-    relay = apply_certificate(participant, instructions, context)
+    relay = _apply_certificate(participant, instructions, context)
     from_peers, _ = _learn_votes(participant, records, context, report)
     if "certificate_problem" in relay:  # its block may be known from the votes now
-        relay = apply_certificate(participant, instructions, context)
+        relay = _apply_certificate(participant, instructions, context)
     report.update(relay)
     from_peers += _catch_up(participant, records, context)
     if instructions.get("proposal"):
-        report.update(endorse_proposal(participant, str(instructions["proposal"])))
+        report.update(_endorse_proposal(participant, str(instructions["proposal"])))
     # Again, now that this node endorsed the relay's proposal: a peer's vote for another
     # block of that round is a conflict, a quorum of votes for it certifies it, and a
     # proposal only the peers showed may be endorsed.
@@ -143,7 +143,7 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
         if withheld:
             report["withheld_blocks"] = withheld
     if exchange is not None:
-        share_ledger(participant, exchange)
+        _share_ledger(participant, exchange)
     return report
 
 
@@ -186,7 +186,7 @@ def _learn_votes(participant: Participant, records: list[dict[str, Any]], contex
         if outcome.certified is not None:
             certified.append(outcome.certified)
             assert participant.head_record is not None
-            keep_copy(participant, outcome.certified,
+            _keep_copy(participant, outcome.certified,
                       {int(v): str(sig) for v, sig in
                        participant.head_record["signatures"].items()}, context)
         if outcome.conflict is not None:
@@ -220,12 +220,12 @@ def _catch_up(participant: Participant, records: list[dict[str, Any]], context: 
                 continue  # a malformed record from a peer changes nothing
             if block is not None:
                 adopted.append(block)
-                keep_copy(participant, block, signatures, context)
+                _keep_copy(participant, block, signatures, context)
                 advanced = True
     return adopted
 
 
-def share_ledger(participant: Participant, exchange: PeerExchange) -> None:
+def _share_ledger(participant: Participant, exchange: PeerExchange) -> None:
     """Publish this node's certified head and its vote to its own peer, for the other
     validators."""
     vote = participant.vote()

@@ -11,7 +11,11 @@ With the run's ledger on, the relay also forwards each model's signed header, ga
 receivers' reports into one block proposal per round (a :class:`~flwr_tempered.ledger.
 BlockBuilder`), sends it with the next round's message for the nodes to endorse, and
 stores it once ``2f + 1`` endorsements are back. The relay needs no trust: receivers
-check every signature, validators check every proposal.
+check every signature, validators check every proposal. Peer to peer (``p2p``) the nodes
+also share their endorsements with each other (see :mod:`flwr_tempered.runtime.
+node_ledger`), so they certify blocks without the relay's certificates and expose a
+relay that shows different nodes different proposals (:attr:`DecentralizedStrategy.
+proposal_conflicts`).
 
 With a time-varying topology (:class:`~flwr_tempered.topology.DynamicTopology`) the
 relay routes each round along that round's graph, so the senders a node is told about
