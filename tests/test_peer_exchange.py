@@ -47,7 +47,9 @@ from flwr_tempered.runtime.peer import (
     read_token,
     signed_fetch_headers,
 )
+from flwr_tempered.runtime.protocol import TRAIN
 from flwr_tempered.runtime.server import make_server_app
+from flwr_tempered.strategies import DecentralizedStrategy
 
 MODEL = np.arange(6, dtype=np.float32)
 DIGEST = array_digest(MODEL)
@@ -397,3 +399,33 @@ def test_unsigned_and_replayed_requests_during_a_run_are_refused_counted_and_har
     assert answers.count(401) == 3 and answers.count(409) == 3 and 200 not in answers
     assert sum(m.get("p2p_refused_unsigned", 0) for m in disturbed) == 3
     assert sum(m.get("p2p_refused_replayed", 0) for m in disturbed) == 3
+
+
+def test_a_relay_that_swaps_the_peer_directory_mid_run_is_refused_by_every_node(
+        tmp_path: Path, six_peers: tuple[list[PeerServer], list[Path]]) -> None:
+    """Each node pins the run's directory (keys and peer addresses) on first sight. A
+    relay that swaps two peer addresses in round 2 (to redirect the nodes' fetches) gets
+    every node's refusal for that round; with the pinned directory again the run goes on."""
+    servers, tokens = six_peers
+    config = RunConfig(**RUN, exchange="p2p")
+    grid = LocalGrid(make_client_app(config), config.nodes)
+    for position, (server, token) in enumerate(zip(servers, tokens, strict=True)):
+        grid.contexts[position + 1].node_config.update(
+            {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)})
+
+    class SwappingRelay(DecentralizedStrategy):
+        def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
+            honest = self.directory
+            if kind == TRAIN and honest is not None and any(
+                    i.get("round") == 2 for i in payloads.values()):
+                peers = dict(honest.peers)
+                peers[1], peers[2] = peers[2], peers[1]
+                self.directory = PeerDirectory(honest.run, honest.keys, peers)
+            try:
+                return super()._send(grid, kind, payloads, node_ids, mailbox)
+            finally:
+                self.directory = honest
+
+    metrics = SwappingRelay(config).start(grid)
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["dropped_nodes"] for m in metrics] == [0, 0, config.nodes, 0]

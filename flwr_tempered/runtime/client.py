@@ -25,8 +25,10 @@ from flwr_tempered.ledger import (
     LedgerProtocolError,
     Participant,
     SignedHeader,
+    sha256_hex,
     sign_header,
 )
+from flwr_tempered.ledger.records import canonical_json
 from flwr_tempered.node import Node, RunConfig, TargetInputs, World, build_world
 from flwr_tempered.node.summary import audit_models
 from flwr_tempered.node.task import SupervisedTask, TaskFactory, TrainingTask
@@ -47,6 +49,7 @@ from .protocol import (
     ATTACK,
     AUDIT,
     COMMIT,
+    DIRECTORY_STATE,
     GENESIS_STATE,
     HELLO,
     INSTRUCTIONS,
@@ -117,11 +120,35 @@ def _peer_exchange(config: RunConfig, instructions: dict[str, Any], context: Con
                            "message, so it cannot sign its peer-to-peer requests")
     round_ = int(instructions.get("round", 0))
     own_url = context.node_config.get(PEER_LOCAL_URL_KEY) or url
-    return PeerExchange(directory=PeerDirectory.from_dict(instructions["directory"]),
+    directory = PeerDirectory.from_dict(instructions["directory"])
+    _pin_directory(directory, participant, context)
+    return PeerExchange(directory=directory,
                         keys=participant.keys, own_url=str(own_url),
                         token=read_token(str(token_file)), round=round_,
                         sources=_sources(instructions, round_),
                         timeout=min(config.round_timeout / 4, 10.0))
+
+
+def _pin_directory(directory: PeerDirectory, participant: Participant, context: Context
+                   ) -> None:
+    """Pin the run's peer directory on first sight and refuse any other one later: a
+    relay that swaps a key or a peer address mid-run (to redirect this node's fetches or
+    vouch for a stranger's requests) is refused, and so is a directory that does not name
+    this node's own key."""
+    if directory.run != participant.run_id or directory.keys.get(
+            participant.position) != participant.keys.public_key:
+        raise LedgerProtocolError(
+            f"node {participant.position}: the peer directory does not register this "
+            "node's key for its run")
+    digest = sha256_hex(canonical_json(directory.to_dict()))
+    pinned = context.state.get(DIRECTORY_STATE)
+    if isinstance(pinned, ConfigRecord) and pinned.get("run") == directory.run:
+        if pinned.get("digest") != digest:
+            raise LedgerProtocolError(
+                f"node {participant.position}: the relay sent another peer directory than "
+                f"the one this node pinned for the run ({str(pinned.get('digest'))[:12]}…)")
+        return
+    context.state[DIRECTORY_STATE] = ConfigRecord({"run": directory.run, "digest": digest})
 
 
 def _sources(instructions: dict[str, Any], round_: int) -> dict[str, tuple[int, int]]:

@@ -36,3 +36,7 @@ LEDGER_STATE = "tempered.ledger"
 
 #: Key of the run's genesis body, pinned by a node on first sight, in ``context.state``.
 GENESIS_STATE = "tempered.genesis"
+
+#: Key of the digest of the run's peer directory (keys and peer addresses), pinned by a
+#: node of a ``p2p`` run on first sight, in ``context.state``.
+DIRECTORY_STATE = "tempered.directory"
