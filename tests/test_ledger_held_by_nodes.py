@@ -18,13 +18,13 @@ import pytest
 from flwr.serverapp import Grid
 from process_groups import free_port
 from test_decentralized import SMALL as DECENTRALIZED_SMALL
+from test_ledger_votes import twin
+from test_peer_exchange import attach_peers
 
-from flwr_tempered.ledger import LedgerStore, ProposalConflict, make_block, verify_ledger
+from flwr_tempered.ledger import LedgerStore, ProposalConflict, verify_ledger
 from flwr_tempered.ledger.block import Block
 from flwr_tempered.node import RunConfig, topology_of
 from flwr_tempered.runtime.client import (
-    PEER_TOKEN_KEY,
-    PEER_URL_KEY,
     load_participant,
     make_client_app,
 )
@@ -183,9 +183,7 @@ def run_p2p(relay: type[DecentralizedStrategy], tmp_path: Path
     servers = [PeerServer("127.0.0.1", free_port(), read_token(path, create=True)).start()
                for path in tokens]
     grid = grid_for(config, tmp_path / "chains")
-    for position, (server, token) in enumerate(zip(servers, tokens, strict=True)):
-        grid.contexts[position + 1].node_config.update(
-            {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)})
+    attach_peers(grid, servers, tokens)
     strategy = relay(config)
     try:
         strategy.start(grid, ledger=tmp_path / "relay.sqlite")
@@ -264,20 +262,16 @@ class EquivocatingRelay(DecentralizedStrategy):
 
     def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
         if kind == TRAIN:
-            payloads = {p: ({**i, "proposal": twin(i["proposal"])}
+            payloads = {p: ({**i, "proposal": twin_of_round_one(i["proposal"])}
                             if p in (0, 1) and i.get("proposal") else i)
                         for p, i in payloads.items()}
         return super()._send(grid, kind, payloads, node_ids, mailbox)
 
 
-def twin(body: str) -> str:
+def twin_of_round_one(body: str) -> str:
+    """Round 1's proposal replaced by its twin (same contents, another timestamp)."""
     block = Block.from_body(body.encode("ascii"))
-    if block.round != 1:
-        return body
-    return make_block(height=block.height, round=1, run_id=block.run_id,
-                      prev_hash=block.prev_hash, timestamp_ms=block.timestamp_ms + 1,
-                      commitments=block.commitments, rejections=block.rejections
-                      ).body().decode("ascii")
+    return twin(block).body().decode("ascii") if block.round == 1 else body
 
 
 def test_a_relay_showing_nodes_different_proposals_is_exposed_by_their_votes(

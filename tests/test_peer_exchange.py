@@ -232,21 +232,28 @@ RUN: dict[str, Any] = {
 }
 
 
+def attach_peers(grid: LocalGrid, peers: list[PeerServer], tokens: list[Path],
+                 behind_nat: frozenset[int] = frozenset()) -> None:
+    """Name peer ``i`` in node ``i``'s node config. A node ``behind_nat`` advertises an
+    address nobody can reach and reaches its own peer at its real one
+    (``peer-local-url``)."""
+    for position, (server, token) in enumerate(zip(peers, tokens, strict=True)):
+        node_config = {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)}
+        if position in behind_nat:
+            node_config = {PEER_URL_KEY: f"http://127.0.0.1:{free_port()}",
+                           PEER_LOCAL_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)}
+        grid.contexts[position + 1].node_config.update(node_config)
+
+
 def run_relay_locally(config: RunConfig, out: Path, peers: list[PeerServer] | None = None,
                       tokens: list[Path] | None = None, on_round: Any = None,
                       behind_nat: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     """The relay ServerApp and the nodes on a LocalGrid; with ``peers``, node ``i``'s node
-    config names peer ``i``. A node ``behind_nat`` advertises an address nobody can reach
-    and reaches its own peer at its real one (``peer-local-url``)."""
+    config names peer ``i`` (:func:`attach_peers`)."""
     grid = LocalGrid(make_client_app(config), config.nodes)
     if peers is not None:
         assert tokens is not None
-        for position, (server, token) in enumerate(zip(peers, tokens, strict=True)):
-            node_config = {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)}
-            if position in behind_nat:
-                node_config = {PEER_URL_KEY: f"http://127.0.0.1:{free_port()}",
-                               PEER_LOCAL_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)}
-            grid.contexts[position + 1].node_config.update(node_config)
+        attach_peers(grid, peers, tokens, behind_nat)
     server_app: ServerApp = make_server_app(config, out, progress=on_round)
     server_app(grid, Context(run_id=grid.run.run_id, node_id=0, node_config={},
                              state=RecordDict(), run_config={}))
@@ -409,9 +416,7 @@ def test_a_relay_that_swaps_the_peer_directory_mid_run_is_refused_by_every_node(
     servers, tokens = six_peers
     config = RunConfig(**RUN, exchange="p2p")
     grid = LocalGrid(make_client_app(config), config.nodes)
-    for position, (server, token) in enumerate(zip(servers, tokens, strict=True)):
-        grid.contexts[position + 1].node_config.update(
-            {PEER_URL_KEY: server.url, PEER_TOKEN_KEY: str(token)})
+    attach_peers(grid, servers, tokens)
 
     class SwappingRelay(DecentralizedStrategy):
         def _send(self, grid, kind, payloads, node_ids, mailbox=None):  # type: ignore[no-untyped-def]
@@ -429,3 +434,24 @@ def test_a_relay_that_swaps_the_peer_directory_mid_run_is_refused_by_every_node(
     metrics = SwappingRelay(config).start(grid)
     assert [m["round"] for m in metrics] == [0, 1, 2, 3]
     assert [m["dropped_nodes"] for m in metrics] == [0, 0, config.nodes, 0]
+
+
+def test_an_oversized_record_is_refused_and_counted(
+        six_peers: tuple[list[PeerServer], list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer cannot flood the nodes reading its ledger record: a record over the cap is
+    dropped while it streams in and counted (``oversized_record``); one within the cap
+    is read."""
+    servers, tokens = six_peers
+    reader, owner = KeyPair.generate(), KeyPair.generate()
+    directory = PeerDirectory("run-a", {0: reader.public_key, 1: owner.public_key},
+                              {0: servers[0].url, 1: servers[1].url})
+    mine = PeerExchange(directory=directory, keys=owner, own_url=servers[1].url,
+                        token=read_token(tokens[1]), round=1, sources={})
+    mine.publish_record("ledger", b"x" * 200)
+    theirs = PeerExchange(directory=directory, keys=reader, own_url=servers[0].url,
+                          token=read_token(tokens[0]), round=1, sources={})
+    assert theirs.fetch_records([1], "ledger") == {1: b"x" * 200}
+    monkeypatch.setattr(exchange_module, "MAX_RECORD_BYTES", 100)
+    assert theirs.fetch_records([1], "ledger") == {}
+    assert theirs.failures["oversized_record"] == 1

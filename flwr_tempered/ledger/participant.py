@@ -279,13 +279,9 @@ class Participant:
         Evidence in a valid block is learned: under the ``exclude`` policy its senders'
         messages are refused from then on.
         """
-        if self.genesis is None:
-            raise LedgerProtocolError(f"node {self.position} has no genesis yet")
-        block, reason = _checked_block(body, self.genesis.body())
-        if block is None or reason is not None:
+        block, reason = self._block_of(body)
+        if block is None:
             return None, reason
-        if block.run_id != self.run_id:
-            return None, "proposal is for another run"
         previous = self.endorsed.get(block.round)
         if previous is not None and previous != block.hash:
             return None, f"already endorsed another block for round {block.round}"
@@ -317,10 +313,27 @@ class Participant:
         self.endorsements.setdefault(block.hash, {})[self.position] = signature
         return signature, None
 
+    def _block_of(self, body: bytes) -> tuple[Block | None, str | None]:
+        """The block ``body`` encodes, checked against the genesis' keys and this run, or
+        ``(None, why not)``."""
+        if self.genesis is None:
+            raise LedgerProtocolError(f"node {self.position} has no genesis yet")
+        block, reason = _checked_block(body, self.genesis.body())
+        if block is None or reason is not None:
+            return None, reason
+        if block.run_id != self.run_id:
+            return None, "the block is for another run"
+        return block, None
+
+    def _height_of(self, body: str) -> int:
+        """The height of a kept block (-1 if it no longer checks; every kept body was
+        checked when it was kept)."""
+        block, _ = self._block_of(body.encode("ascii"))
+        return block.height if block is not None else -1
+
     def _forget_below(self, height: int) -> None:
         """Drop the uncertified blocks (and their endorsements) below ``height``."""
-        self.pending = {h: b for h, b in self.pending.items()
-                        if Block.from_body(b.encode("ascii")).height >= height}
+        self.pending = {h: b for h, b in self.pending.items() if self._height_of(b) >= height}
         self.endorsements = {h: s for h, s in self.endorsements.items() if h in self.pending}
 
     def accept_certificate(self, block_hash: str, signatures: Mapping[int, str],
@@ -340,28 +353,24 @@ class Participant:
         if known is None and body is not None:
             if sha256_hex(body) != block_hash:
                 return None, f"block bytes do not hash to {block_hash[:12]}…"
-            checked, reason = _checked_block(body, self.genesis.body())
-            if checked is None or reason is not None:
-                return None, f"invalid certified block: {reason}"
-            if checked.run_id != self.run_id:
-                return None, "certified block is for another run"
             known = body.decode("ascii")
         if known is None:
             return None, f"certificate for block {block_hash[:12]}…, which this node never endorsed"
-        body_text = known
+        block, reason = self._block_of(known.encode("ascii"))
+        if block is None:
+            return None, f"invalid certified block: {reason}"
         valid = [v for v, signature in signatures.items()
                  if endorsement_is_valid(self.genesis.keys, int(v), block_hash, signature)]
         if len(valid) < self.genesis.quorum:
             return None, (f"certificate for block {block_hash[:12]}… holds {len(valid)} valid "
                           f"endorsements, the quorum is {self.genesis.quorum}")
-        block = Block.from_body(body_text.encode("ascii"))
         if (block.prev_hash, block.height) != (self.head[1], self.head[0] + 1):
             return None, (f"certified block {block_hash[:12]}… does not extend this node's head "
                           f"{self.head[1][:12]}…")
         self.head = (block.height, block_hash)
         self.pending.pop(block_hash, None)
         self._forget_below(block.height + 1)
-        self.head_record = {"height": block.height, "hash": block_hash, "block": body_text,
+        self.head_record = {"height": block.height, "hash": block_hash, "block": known,
                             "signatures": {str(v): signatures[v] for v in valid}}
         return block, None
 
@@ -403,11 +412,9 @@ class Participant:
         height, head_hash = self.head
         if vote.block_hash == head_hash:
             return VoteOutcome()
-        block, reason = _checked_block(vote.body, self.genesis.body())
-        if block is None or reason is not None:
+        block, reason = self._block_of(vote.body)
+        if block is None:
             return VoteOutcome(problem=f"a peer's vote holds an invalid block: {reason}")
-        if block.run_id != self.run_id:
-            return VoteOutcome(problem="a peer's vote is for another run's block")
         if block.height < height:
             return VoteOutcome()  # old news
         known = self.endorsements.get(vote.block_hash, {})
@@ -431,8 +438,10 @@ class Participant:
                        ) -> ProposalConflict | None:
         """New evidence when this node endorsed another block of ``round`` than ``vote``'s
         (kept in :attr:`conflicts`), else ``None``."""
+        if self.endorsed.get(round, vote.block_hash) == vote.block_hash:
+            return None  # endorsed nothing in that round, or the same block
         own = self._own_vote(round)
-        if own is None or own.block_hash == vote.block_hash:
+        if own is None:
             return None
         conflict = ProposalConflict.of(round, own, Vote(vote.block_hash, vote.body, endorsed))
         if any(tuple(h["hash"] for h in c["votes"]) == conflict.hashes for c in self.conflicts):

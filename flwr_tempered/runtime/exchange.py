@@ -375,7 +375,8 @@ class PeerExchange(ModelExchange):
             raise
 
     def publish_record(self, name: str, body: bytes) -> None:
-        """Share a small record (this node's ledger head) with every node of the run."""
+        """Share a small record (this node's ledger head and vote) with every node of the
+        run."""
         response = self._client.put(
             f"{self.own_url}/v1/records/{name}", content=body,
             headers={"authorization": f"Bearer {self.token}",
@@ -385,18 +386,11 @@ class PeerExchange(ModelExchange):
             raise ExchangeError(f"this node's peer refused record {name!r}: "
                                 f"{response.status_code} {response.text}")
 
-    def fetch_record(self, position: int, name: str) -> bytes | None:
-        """Node ``position``'s record ``name`` from its peer, ``None`` when it has none or
-        cannot be reached (counted like a model fetch)."""
-        body, failure = self._read_record(position, name)
-        if failure is not None:
-            self.failures[failure] += 1
-        return body
-
     def fetch_records(self, positions: Collection[int], name: str) -> dict[int, bytes]:
         """The record ``name`` of each of ``positions`` that has one, read from their
         peers concurrently (so one slow or unreachable peer costs one timeout, not one
-        per peer); failures are counted as in :meth:`fetch_record`."""
+        per peer); failures are counted with the model fetches' (``unreachable``,
+        ``refused_<reason>``, ``oversized_record``)."""
         positions = [p for p in positions if p in self.directory.peers]
         if not positions:
             return {}

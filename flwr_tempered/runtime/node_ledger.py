@@ -30,7 +30,7 @@ from typing import Any
 from flwr.app import Context
 
 from flwr_tempered.ledger import LedgerStore, MalformedRecordError, Participant, Vote
-from flwr_tempered.ledger.block import Block, endorsement_is_valid
+from flwr_tempered.ledger.block import Block
 
 from .exchange import PeerExchange
 
@@ -51,7 +51,7 @@ def _endorse_proposal(participant: Participant, proposal: str) -> dict[str, Any]
 
 
 def _apply_certificate(participant: Participant, instructions: dict[str, Any],
-                      context: Context) -> dict[str, Any]:
+                       context: Context) -> dict[str, Any]:
     """Apply the commit certificate the relay's message carries (advancing the node's head
     and extending its own copy of the chain); the report of a certificate that does not
     hold."""
@@ -63,7 +63,7 @@ def _apply_certificate(participant: Participant, instructions: dict[str, Any],
     if problem is not None:
         return {"certificate_problem": problem}
     if block is not None:
-        _keep_copy(participant, block, signatures, context)
+        _keep_copy(participant, block, context)
     return {"head": list(participant.head or ())}
 
 
@@ -72,11 +72,11 @@ def _ledger_dir(participant: Participant, context: Context) -> Path | None:
     return Path(str(folder)) if folder else None
 
 
-def _keep_copy(participant: Participant, block: Block, signatures: dict[int, str],
-              context: Context) -> None:
-    """Append a certified block to the node's own copy of the chain (``ledger-dir``)."""
+def _keep_copy(participant: Participant, block: Block, context: Context) -> None:
+    """Append the block this node just certified (its head, with the valid endorsements
+    its certificate checked) to the node's own copy of the chain (``ledger-dir``)."""
     folder = _ledger_dir(participant, context)
-    if folder is None or participant.genesis is None:
+    if folder is None or participant.genesis is None or participant.head_record is None:
         return
     path = folder / f"ledger-{participant.run_id[:12]}-{participant.position}.sqlite"
     new = not path.exists()
@@ -84,8 +84,8 @@ def _keep_copy(participant: Participant, block: Block, signatures: dict[int, str
     with LedgerStore(path) as store:
         if new:
             store.write_genesis(participant.genesis)
-        store.append(block, {v: sig for v, sig in signatures.items() if endorsement_is_valid(
-            participant.public_keys, v, block.hash, sig)})
+        store.append(block, {int(v): str(sig) for v, sig in
+                             participant.head_record["signatures"].items()})
 
 
 def _keep_evidence(participant: Participant, evidence: dict[str, Any], context: Context
@@ -113,23 +113,24 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
     block of round ``m - 2`` or earlier this node had to certify from its peers was
     withheld from it (``withheld_blocks``)."""
     report: dict[str, Any] = {}
-    records: list[dict[str, Any]] = []
+    votes: list[Vote] = []
+    heads: list[Any] = []
     if exchange is not None:
-        records, bad = _validator_records(participant, exchange)
+        votes, heads, bad = _validator_records(participant, exchange)
         if bad:
             report["bad_peer_records"] = bad
     relay = _apply_certificate(participant, instructions, context)
-    from_peers, _ = _learn_votes(participant, records, context, report)
+    from_peers, _, votes = _learn_votes(participant, votes, context, report)
     if "certificate_problem" in relay:  # its block may be known from the votes now
         relay = _apply_certificate(participant, instructions, context)
     report.update(relay)
-    from_peers += _catch_up(participant, records, context)
+    from_peers += _catch_up(participant, heads, context)
     if instructions.get("proposal"):
         report.update(_endorse_proposal(participant, str(instructions["proposal"])))
     # Again, now that this node endorsed the relay's proposal: a peer's vote for another
     # block of that round is a conflict, a quorum of votes for it certifies it, and a
     # proposal only the peers showed may be endorsed.
-    certified, offered = _learn_votes(participant, records, context, report)
+    certified, offered, _ = _learn_votes(participant, votes, context, report)
     from_peers += certified
     for proposal in offered:
         signature, _ = participant.endorse(proposal)
@@ -148,47 +149,46 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
 
 
 def _validator_records(participant: Participant, exchange: PeerExchange
-                       ) -> tuple[list[dict[str, Any]], int]:
-    """Every other validator's ledger record (parsed JSON objects) and how many were
-    malformed. The ledger's quorum spans all the run's nodes, so a node reads them all
-    (one small record each per message), not only its graph neighbours': every
-    endorsement reaches every node one message after it was made."""
+                       ) -> tuple[list[Vote], list[Any], int]:
+    """Every other validator's ledger record, parsed once: their votes, their heads, and
+    how many records were malformed. The ledger's quorum spans all the run's nodes, so a
+    node reads them all (one small record each per message), not only its graph
+    neighbours': every endorsement reaches every node one message after it was made."""
     others = [p for p in exchange.directory.keys if p != participant.position]
-    records, bad = [], 0
+    votes, heads, bad = [], [], 0
     for raw in exchange.fetch_records(others, LEDGER_RECORD).values():
         try:
             record = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
+            if not isinstance(record, dict):
+                raise MalformedRecordError("a ledger record must be a JSON object")
+            if record.get("vote") is not None:
+                votes.append(Vote.from_dict(record["vote"]))
+        except (ValueError, UnicodeDecodeError):  # MalformedRecordError included
             bad += 1
-    return records, bad
+            continue
+        if record.get("head") is not None:
+            heads.append(record["head"])
+    return votes, heads, bad
 
 
-def _learn_votes(participant: Participant, records: list[dict[str, Any]], context: Context,
-                 report: dict[str, Any]) -> tuple[list[Block], list[bytes]]:
+def _learn_votes(participant: Participant, votes: list[Vote], context: Context,
+                 report: dict[str, Any]) -> tuple[list[Block], list[bytes], list[Vote]]:
     """Merge the other validators' votes into the node's view (keeping evidence of
-    conflicts, noted in ``report``): the blocks their endorsements certified, and the
-    proposals only they showed."""
+    conflicts, noted in ``report``, and counting votes whose block does not check as bad
+    records): the blocks their endorsements certified, the proposals only they showed,
+    and the votes worth reading again."""
     certified: list[Block] = []
     offered: dict[str, bytes] = {}
-    for record in records:
-        if record.get("vote") is None:
-            continue
-        try:
-            vote = Vote.from_dict(record["vote"])
-        except MalformedRecordError:
+    usable: list[Vote] = []
+    for vote in votes:
+        outcome = participant.learn_vote(vote)
+        if outcome.problem is not None:
             report["bad_peer_records"] = report.get("bad_peer_records", 0) + 1
             continue
-        outcome = participant.learn_vote(vote)
+        usable.append(vote)
         if outcome.certified is not None:
             certified.append(outcome.certified)
-            assert participant.head_record is not None
-            _keep_copy(participant, outcome.certified,
-                      {int(v): str(sig) for v, sig in
-                       participant.head_record["signatures"].items()}, context)
+            _keep_copy(participant, outcome.certified, context)
         if outcome.conflict is not None:
             evidence = outcome.conflict.to_dict()
             report.setdefault("proposal_conflicts", []).append(evidence)
@@ -196,19 +196,17 @@ def _learn_votes(participant: Participant, records: list[dict[str, Any]], contex
         if outcome.proposal is not None:
             offered[vote.block_hash] = outcome.proposal
     return certified, [body for block_hash, body in offered.items()
-                       if block_hash in participant.pending]
+                       if block_hash in participant.pending], usable
 
 
-def _catch_up(participant: Participant, records: list[dict[str, Any]], context: Context
-              ) -> list[Block]:
+def _catch_up(participant: Participant, heads: list[Any], context: Context) -> list[Block]:
     """Adopt the certified blocks other nodes hold and this node does not (the relay
     withheld them, or has not handed them out yet); the blocks adopted."""
     adopted: list[Block] = []
     advanced = True
     while advanced:
         advanced = False
-        for record in records:
-            head = record.get("head")
+        for head in heads:
             assert participant.head is not None
             try:
                 if not isinstance(head, dict) or int(head["height"]) != participant.head[0] + 1:
@@ -220,7 +218,7 @@ def _catch_up(participant: Participant, records: list[dict[str, Any]], context: 
                 continue  # a malformed record from a peer changes nothing
             if block is not None:
                 adopted.append(block)
-                _keep_copy(participant, block, signatures, context)
+                _keep_copy(participant, block, context)
                 advanced = True
     return adopted
 

@@ -75,7 +75,8 @@ _MAX_SIGNATURES = 4096
 
 _CONTENT_TYPE = "application/x-npy"
 
-#: Key prefix of the small records a node shares with its neighbours (its ledger head).
+#: Key prefix of the small records a node shares with the run's nodes (its ledger head
+#: and vote).
 RECORD_PREFIX = "record:"
 
 

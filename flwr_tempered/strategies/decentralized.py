@@ -65,8 +65,8 @@ from flwr_tempered.topology import round_metrics
 #: How long to wait for the expected nodes to appear after start.
 NODE_WAIT_SECONDS = 60.0
 
-#: What the nodes of a ``p2p`` run report learning from their neighbours' ledger records
-#: (lists in their reports; counted per round as ``ledger_<name>``).
+#: What the nodes of a ``p2p`` run report learning from the other validators' ledger
+#: records (lists in their reports; counted per round as ``ledger_<name>``).
 PEER_LEDGER_REPORTS = ("certified_by_peers", "withheld_blocks", "proposals_from_peers",
                        "proposal_conflicts")
 
@@ -468,7 +468,7 @@ class DecentralizedStrategy:
         return BlockBuilder(LedgerStore(path if path is not None else ":memory:"), genesis)
 
     def _count_ledger_from_peers(self, log: RoundLog) -> dict[str, float]:
-        """Peer to peer: what the nodes learned from their neighbours' ledger records
+        """Peer to peer: what the nodes learned from the other validators' ledger records
         in one message, as ``ledger_*`` counters (the nodes' reports summed); the
         evidence of conflicting proposals they found is kept in
         :attr:`proposal_conflicts`."""
@@ -507,24 +507,28 @@ class DecentralizedStrategy:
         """The last round's block has no next round to ride on: ask for endorsements,
         then hand out its certificate, so that every node's head is the chain's."""
         body = proposal.body().decode("ascii")
-        last = self.config.rounds
-        payloads = {p: {"position": p, "round": last, **self._genesis_for(p, genesis),
-                        "proposal": body, "certificate": self.certificate} for p in node_ids}
+        # Message rounds continue the train messages' (the last one is ``rounds``), so
+        # that a node can tell a certificate that came late (``withheld_blocks``).
+        payloads = {p: {"position": p, "round": self.config.rounds + 1,
+                        **self._genesis_for(p, genesis), "proposal": body,
+                        "certificate": self.certificate} for p in node_ids}
         log = self._send(grid, COMMIT, payloads, node_ids)
         self._commit(proposal, log)
-        if self.directory is not None and self.timings:  # the last round's, counted too
-            for key, value in self._count_ledger_from_peers(log).items():
-                self.timings[-1][key] = self.timings[-1].get(key, 0.0) + value
+        self._count_in_last_round(log)
         committed = self.certificate is not None and self.certificate["hash"] == proposal.hash
         if committed or self.directory is not None:  # p2p: the nodes gather the votes
-            payloads = {p: {"position": p, "round": last, **self._genesis_for(p, genesis),
-                            "proposal": None,
+            payloads = {p: {"position": p, "round": self.config.rounds + 2,
+                            **self._genesis_for(p, genesis), "proposal": None,
                             "certificate": self.certificate if committed else None}
                         for p in node_ids}
-            log = self._send(grid, COMMIT, payloads, node_ids)
-            if self.directory is not None and self.timings:  # the last round's, counted too
-                for key, value in self._count_ledger_from_peers(log).items():
-                    self.timings[-1][key] = self.timings[-1].get(key, 0.0) + value
+            self._count_in_last_round(self._send(grid, COMMIT, payloads, node_ids))
+
+    def _count_in_last_round(self, log: RoundLog) -> None:
+        """Peer to peer: add what the nodes learned from their peers in a closing commit
+        message to the last round's timings."""
+        if self.directory is not None and self.timings:
+            for key, value in self._count_ledger_from_peers(log).items():
+                self.timings[-1][key] = self.timings[-1].get(key, 0.0) + value
 
     def _forget_all_but(self, inputs: dict[int, list[tuple[int, str, Any]]],
                         mailbox: dict[str, ArrayRecord]) -> None:
