@@ -110,8 +110,9 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
 
     In the message of round ``m`` an honest relay hands out the certificate of round
     ``m - 2``'s block (proposed after round ``m - 2``, endorsed in round ``m - 1``); a
-    block of round ``m - 2`` or earlier this node had to certify from its peers was
-    withheld from it (``withheld_blocks``)."""
+    block of round ``m - 2`` or earlier this node had to certify from its peers, and
+    that the message's certificate does not name, was withheld from it
+    (``withheld_blocks``)."""
     report: dict[str, Any] = {}
     votes: list[Vote] = []
     heads: list[Any] = []
@@ -140,7 +141,10 @@ def ledger_duties(participant: Participant, instructions: dict[str, Any], contex
     if from_peers:
         report["certified_by_peers"] = [block.round for block in from_peers]
         message_round = int(instructions.get("round", 0))
-        withheld = [block.round for block in from_peers if block.round <= message_round - 2]
+        certificate = instructions.get("certificate")
+        handed = certificate.get("hash") if isinstance(certificate, dict) else None
+        withheld = [block.round for block in from_peers
+                    if block.round <= message_round - 2 and block.hash != handed]
         if withheld:
             report["withheld_blocks"] = withheld
     if exchange is not None:
